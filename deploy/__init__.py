@@ -1,0 +1,1 @@
+"""Deployment: embedded dev stack, SQL migrations, container files."""

@@ -1,0 +1,1 @@
+"""Code shared by the workers, the training job and the command line."""

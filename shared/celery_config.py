@@ -1,0 +1,68 @@
+"""Celery configuration shared by the workers and by producers.
+
+Producers build a Celery client from this without importing any worker code,
+so a service that only submits jobs needs neither models nor ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu import Exchange, Queue
+
+from shared.config import Settings
+from shared.schemas import TaskName
+
+INFERENCE_TASKS = (
+    TaskName.INSPECT_IMAGE,
+    TaskName.ENROLL,
+    TaskName.VERIFY,
+    TaskName.IDENTIFY,
+    TaskName.QUALITY_SCAN,
+)
+IO_TASKS = (TaskName.DELETE_USER,)
+
+
+def queue_for(task: TaskName, settings: Settings) -> str:
+    return settings.queue_inference if task in INFERENCE_TASKS else settings.queue_io
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    exchange = Exchange("faceauth", type="direct")
+    return {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.result_backend_url,
+        # JSON both ways; pickle is refused even if a producer sends it.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # A task is acknowledged only after it finished, and a worker that dies mid-task
+        # gives the message back, so a crash never loses a job.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_track_started": True,
+        "task_time_limit": settings.task_time_limit_s,
+        "task_soft_time_limit": max(settings.task_time_limit_s - 15, 1),
+        "result_expires": 24 * 3600,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {"visibility_timeout": settings.broker_visibility_timeout_s},
+        "result_backend_transport_options": {"retry_policy": {"timeout": 5.0}},
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_default_queue": settings.queue_io,
+        "task_default_exchange": "faceauth",
+        "task_queues": (
+            Queue(settings.queue_inference, exchange, routing_key=settings.queue_inference),
+            Queue(settings.queue_io, exchange, routing_key=settings.queue_io),
+        ),
+        "task_routes": {
+            str(name): {
+                "queue": queue_for(name, settings),
+                "routing_key": queue_for(name, settings),
+            }
+            for name in (*INFERENCE_TASKS, *IO_TASKS)
+        },
+        "worker_hijack_root_logger": False,
+    }

@@ -1,0 +1,123 @@
+"""One settings object for every process, read from ``FACEAUTH_*`` environment variables.
+
+Every field is documented in README.md ("Configuration"); keep the two in step
+(tests/test_config.py checks that each field is mentioned there).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_FACE_PACK_DIR = Path.home() / ".insightface" / "models" / "buffalo_l"
+
+
+class Settings(BaseSettings):
+    """Runtime configuration. Credentials have no usable defaults: they come from the env."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FACEAUTH_", env_file=None, extra="ignore", frozen=True
+    )
+
+    # --- queues -------------------------------------------------------------------------------
+    broker_url: str = Field("redis://localhost:6379/0", description="Celery broker (Redis)")
+    result_backend_url: str = Field(
+        "redis://localhost:6379/1", description="Celery result backend (Redis)"
+    )
+    queue_inference: str = Field("faceauth.inference", description="queue for GPU inference tasks")
+    queue_io: str = Field("faceauth.io", description="queue for CPU / IO tasks")
+    task_max_retries: int = Field(5, description="retries for transient faults (S3/DB down)")
+    task_retry_backoff_max_s: int = Field(60, description="cap on exponential retry backoff")
+    task_time_limit_s: int = Field(300, description="hard time limit per task")
+    broker_visibility_timeout_s: int = Field(
+        3600, description="seconds before an unacknowledged message is redelivered"
+    )
+
+    # --- database -----------------------------------------------------------------------------
+    database_url: SecretStr = Field(
+        SecretStr("postgresql://faceauth@localhost:5432/faceauth"),
+        description="PostgreSQL DSN (libpq URI or key=value)",
+    )
+    db_pool_min_size: int = Field(1, description="connections kept open per process")
+    db_pool_max_size: int = Field(4, description="connection ceiling per process")
+
+    # --- object storage -----------------------------------------------------------------------
+    s3_endpoint: str = Field("localhost:9000", description="host:port of MinIO / S3")
+    s3_access_key: SecretStr = Field(SecretStr(""), description="S3 access key")
+    s3_secret_key: SecretStr = Field(SecretStr(""), description="S3 secret key")
+    s3_bucket: str = Field("faceauth-images", description="bucket holding source images")
+    s3_secure: bool = Field(False, description="use TLS to reach S3")
+    s3_region: str = Field("us-east-1", description="S3 region name")
+    presigned_url_ttl_s: int = Field(900, description="lifetime of presigned image URLs")
+
+    # --- image limits (decompression-bomb guards) ---------------------------------------------
+    max_image_bytes: int = Field(15 * 1024 * 1024, description="largest accepted encoded image")
+    max_image_pixels: int = Field(40_000_000, description="largest accepted width x height")
+
+    # --- models -------------------------------------------------------------------------------
+    face_pack_dir: Path = Field(
+        DEFAULT_FACE_PACK_DIR, description="InsightFace model pack (detector + recognizer)"
+    )
+    face_det_size: int = Field(640, description="detector input side (SCRFD letterbox)")
+    liveness_model_dir: Path | None = Field(
+        None, description="folder with the deployed liveness ONNX file(s) and liveness.json"
+    )
+    ort_providers: list[str] | None = Field(
+        None, description="ONNX Runtime providers; default: CUDA when available, else CPU"
+    )
+    ort_intra_op_threads: int = Field(
+        default=0, ge=0, description="ONNX Runtime threads per session; 0 = ORT default (all cores)"
+    )
+
+    # --- quality gate (enrollment notebook defaults) -----------------------------------------
+    min_det_score: float = Field(0.5, description="lowest detector confidence")
+    min_face_width_px: int = Field(90, description="narrowest accepted face box")
+    min_blur_variance: float = Field(8.0, description="lowest Laplacian variance on the face")
+    min_brightness: float = Field(25.0, description="darkest accepted mean face brightness")
+    max_brightness: float = Field(235.0, description="brightest accepted mean face brightness")
+    min_face_area_ratio: float = Field(0.02, description="face box area / image area")
+    pose_gate_enabled: bool = Field(True, description="reject on head pose")
+    max_abs_yaw_deg: float = Field(30.0, description="largest accepted |yaw|")
+    max_abs_pitch_deg: float = Field(20.0, description="largest accepted |pitch|")
+
+    # --- enrollment ---------------------------------------------------------------------------
+    enroll_min_images: int = Field(1, description="fewest images in one enrollment")
+    enroll_max_images: int = Field(3, description="most images in one enrollment")
+    enroll_same_person_min_similarity: float = Field(
+        0.3, description="every pair of enrollment images must be at least this similar"
+    )
+
+    # --- liveness -----------------------------------------------------------------------------
+    liveness_enabled: bool = Field(True, description="score liveness when a model is deployed")
+    liveness_threshold: float = Field(0.5, description="spoof score above which a face is refused")
+
+    # --- decisions (defaults until a calibration is activated) -------------------------------
+    verify_t_low: float = Field(0.28, description="reject below this cosine similarity")
+    verify_t_high: float = Field(0.40, description="accept above this cosine similarity")
+    duplicate_threshold: float = Field(
+        0.45, description="mean-template similarity that flags a duplicate identity"
+    )
+    duplicate_action: Literal["flag", "reject"] = Field(
+        "flag", description="what a duplicate identity does to an enrollment"
+    )
+    hnsw_ef_search: int = Field(64, description="pgvector hnsw.ef_search for 1:N search")
+    identify_top_k: int = Field(5, description="default number of candidates for 1:N")
+
+    # --- monitoring ---------------------------------------------------------------------------
+    flower_user: str = Field("admin", description="Flower basic-auth user")
+    flower_password: SecretStr = Field(SecretStr(""), description="Flower basic-auth password")
+    metrics_port: int = Field(0, description="Prometheus port per worker (0 = off)")
+    log_level: str = Field("INFO", description="log level of workers and CLI")
+
+    def database_dsn(self) -> str:
+        return self.database_url.get_secret_value()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read once; tests call ``get_settings.cache_clear()``)."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""PostgreSQL + pgvector access: pool, migrations and one repository module per table."""

@@ -1,0 +1,251 @@
+"""Model versions, enrollments and templates (pgvector), and 1:N search over them."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID, uuid4
+
+import numpy as np
+import numpy.typing as npt
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from shared.errors import ErrorCode, FaceauthError
+
+
+def hnsw_index_name(model_version: str) -> str:
+    return "templates_hnsw_" + hashlib.sha256(model_version.encode()).hexdigest()[:16]
+
+
+def _vector_type(dim: int) -> sql.Composable:
+    return sql.SQL("vector({})").format(sql.Literal(int(dim)))
+
+
+def ensure_model_version(
+    conn: psycopg.Connection, *, model_name: str, model_version: str, embedding_dim: int
+) -> bool:
+    """Register a model version and its HNSW index; the first version becomes active.
+
+    Returns True when the version is the active one. A version re-registered with
+    another dimension is refused: the stored vectors would be meaningless.
+    """
+    row = conn.execute(
+        "SELECT embedding_dim, is_active FROM model_versions WHERE model_version = %s",
+        (model_version,),
+    ).fetchone()
+    if row is not None:
+        if int(row[0]) != embedding_dim:
+            raise FaceauthError(
+                ErrorCode.MODEL_VERSION_MISMATCH,
+                f"model version {model_version!r} is registered with dimension {row[0]},"
+                f" the loaded model gives {embedding_dim}",
+            )
+        return bool(row[1])
+    has_active = conn.execute("SELECT 1 FROM model_versions WHERE is_active").fetchone()
+    conn.execute(
+        "INSERT INTO model_versions (model_version, model_name, embedding_dim, is_active)"
+        " VALUES (%s, %s, %s, %s) ON CONFLICT (model_version) DO NOTHING",
+        (model_version, model_name, embedding_dim, has_active is None),
+    )
+    # A partial HNSW index per version: the planner uses it for queries that repeat the
+    # same expression and predicate (see search_mean_templates).
+    conn.execute(
+        sql.SQL(
+            "CREATE INDEX IF NOT EXISTS {name} ON templates USING hnsw"
+            " ((embedding::{vt}) vector_cosine_ops)"
+            " WHERE model_version = {mv} AND is_active AND is_mean_template"
+        ).format(
+            name=sql.Identifier(hnsw_index_name(model_version)),
+            vt=_vector_type(embedding_dim),
+            mv=sql.Literal(model_version),
+        )
+    )
+    return has_active is None
+
+
+def active_model_version(conn: psycopg.Connection) -> str | None:
+    row = conn.execute("SELECT model_version FROM model_versions WHERE is_active").fetchone()
+    return str(row[0]) if row else None
+
+
+def activate_model_version(conn: psycopg.Connection, model_version: str) -> None:
+    exists = conn.execute(
+        "SELECT 1 FROM model_versions WHERE model_version = %s", (model_version,)
+    ).fetchone()
+    if exists is None:
+        raise FaceauthError(
+            ErrorCode.MODEL_VERSION_MISMATCH, f"model version {model_version!r} is not registered"
+        )
+    conn.execute("UPDATE model_versions SET is_active = false WHERE is_active")
+    conn.execute(
+        "UPDATE model_versions SET is_active = true WHERE model_version = %s", (model_version,)
+    )
+
+
+@dataclass(frozen=True)
+class NewTemplate:
+    embedding: npt.NDArray[np.float32]
+    is_mean_template: bool
+    quality: dict[str, Any]
+    source_image_key: str | None
+
+
+@dataclass(frozen=True)
+class StoredTemplate:
+    template_id: UUID
+    user_id: str
+    embedding: npt.NDArray[np.float32]
+    is_mean_template: bool
+    model_name: str
+    model_version: str
+    quality: dict[str, Any]
+    source_image_key: str | None
+    created_at: Any
+
+
+def write_enrollment(
+    conn: psycopg.Connection,
+    *,
+    enrollment_id: UUID,
+    user_id: str,
+    model_name: str,
+    model_version: str,
+    templates: list[NewTemplate],
+    liveness_checked: bool,
+    duplicate_of: list[dict[str, Any]],
+) -> list[UUID]:
+    """Replace the user's active templates for this model version; call inside a transaction.
+
+    The previous templates stay as inactive rows for audit.
+    """
+    conn.execute(
+        "INSERT INTO users (user_id) VALUES (%s)"
+        " ON CONFLICT (user_id) DO UPDATE SET updated_at = now()",
+        (user_id,),
+    )
+    conn.execute(
+        "UPDATE templates SET is_active = false, deactivated_at = now()"
+        " WHERE user_id = %s AND model_version = %s AND is_active",
+        (user_id, model_version),
+    )
+    conn.execute(
+        "UPDATE enrollments SET is_active = false WHERE user_id = %s AND model_version = %s"
+        " AND is_active",
+        (user_id, model_version),
+    )
+    conn.execute(
+        "INSERT INTO enrollments (enrollment_id, user_id, model_version, n_images,"
+        " liveness_checked, duplicate_of) VALUES (%s, %s, %s, %s, %s, %s)",
+        (
+            enrollment_id,
+            user_id,
+            model_version,
+            sum(1 for t in templates if not t.is_mean_template),
+            liveness_checked,
+            Jsonb(duplicate_of),
+        ),
+    )
+    ids: list[UUID] = []
+    with conn.cursor() as cur:
+        for template in templates:
+            template_id = uuid4()
+            cur.execute(
+                "INSERT INTO templates (template_id, user_id, enrollment_id, embedding,"
+                " is_mean_template, model_name, model_version, quality, source_image_key)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    template_id,
+                    user_id,
+                    enrollment_id,
+                    np.asarray(template.embedding, dtype=np.float32),
+                    template.is_mean_template,
+                    model_name,
+                    model_version,
+                    Jsonb(template.quality),
+                    template.source_image_key,
+                ),
+            )
+            ids.append(template_id)
+    return ids
+
+
+def active_templates(
+    conn: psycopg.Connection, user_id: str, model_version: str | None = None
+) -> list[StoredTemplate]:
+    query = (
+        "SELECT template_id, user_id, embedding, is_mean_template, model_name, model_version,"
+        " quality, source_image_key, created_at FROM templates WHERE user_id = %s AND is_active"
+    )
+    params: list[Any] = [user_id]
+    if model_version is not None:
+        query += " AND model_version = %s"
+        params.append(model_version)
+    query += " ORDER BY is_mean_template DESC, created_at, template_id"
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(query, params)
+        rows = cur.fetchall()
+    return [
+        StoredTemplate(
+            template_id=r["template_id"],
+            user_id=r["user_id"],
+            embedding=np.asarray(r["embedding"], dtype=np.float32),
+            is_mean_template=r["is_mean_template"],
+            model_name=r["model_name"],
+            model_version=r["model_version"],
+            quality=r["quality"],
+            source_image_key=r["source_image_key"],
+            created_at=r["created_at"],
+        )
+        for r in rows
+    ]
+
+
+def user_exists(conn: psycopg.Connection, user_id: str) -> bool:
+    return conn.execute("SELECT 1 FROM users WHERE user_id = %s", (user_id,)).fetchone() is not None
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    user_id: str
+    score: float
+    template_id: UUID
+
+
+def search_mean_templates(
+    conn: psycopg.Connection,
+    embedding: npt.NDArray[np.float32],
+    *,
+    model_version: str,
+    embedding_dim: int,
+    top_k: int,
+    ef_search: int,
+    exact: bool = False,
+    exclude_user: str | None = None,
+) -> list[SearchHit]:
+    """Top-k users by cosine similarity of their active mean template (HNSW or exact).
+
+    Must run inside a transaction: ``SET LOCAL`` scopes ef_search (and, for exact
+    search, disabling index scans) to this query only.
+    """
+    conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(int(ef_search))))
+    if exact:
+        conn.execute("SET LOCAL enable_indexscan = off")
+    vt = _vector_type(embedding_dim)
+    query = sql.SQL(
+        "SELECT template_id, user_id, 1 - (embedding::{vt} <=> %(q)s::{vt}) AS score"
+        " FROM templates WHERE model_version = {mv} AND is_active AND is_mean_template"
+        " {exclude} ORDER BY embedding::{vt} <=> %(q)s::{vt} LIMIT %(k)s"
+    ).format(
+        vt=vt,
+        mv=sql.Literal(model_version),
+        exclude=sql.SQL("AND user_id <> %(ex)s") if exclude_user else sql.SQL(""),
+    )
+    rows = conn.execute(
+        query,
+        {"q": np.asarray(embedding, dtype=np.float32), "k": top_k, "ex": exclude_user},
+    ).fetchall()
+    return [SearchHit(user_id=str(r[1]), score=float(r[2]), template_id=r[0]) for r in rows]

@@ -1,0 +1,71 @@
+"""Stable error codes. Clients branch on ``code``; ``message`` is for people.
+
+A code, once published, never changes meaning. Permanent errors end a job as
+``failed`` at once; transient ones are retried with backoff.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+
+class ErrorCode(StrEnum):
+    # payload / input
+    INVALID_PAYLOAD = "invalid_payload"
+    IMAGE_NOT_FOUND = "image_not_found"
+    IMAGE_TOO_LARGE = "image_too_large"
+    IMAGE_TOO_MANY_PIXELS = "image_too_many_pixels"
+    IMAGE_UNDECODABLE = "image_undecodable"
+    IMAGE_TRUNCATED = "image_truncated"
+    TOO_FEW_IMAGES = "too_few_images"
+    TOO_MANY_IMAGES = "too_many_images"
+    # enrollment / quality
+    NO_FACE = "no_face"
+    QUALITY_REJECTED = "quality_rejected"
+    LIVENESS_REJECTED = "liveness_rejected"
+    MIXED_IDENTITIES = "mixed_identities"
+    DUPLICATE_IDENTITY = "duplicate_identity"
+    # verification
+    UNKNOWN_USER = "unknown_user"
+    NO_TEMPLATES_FOR_MODEL = "no_templates_for_model"
+    MODEL_VERSION_MISMATCH = "model_version_mismatch"
+    # calibration
+    CALIBRATION_INSUFFICIENT_DATA = "calibration_insufficient_data"
+    # models / infrastructure
+    MODEL_PACK_INVALID = "model_pack_invalid"
+    LIVENESS_MODEL_INVALID = "liveness_model_invalid"
+    ONNX_PROVIDER_UNAVAILABLE = "onnx_provider_unavailable"
+    STORAGE_UNAVAILABLE = "storage_unavailable"
+    BROKER_UNAVAILABLE = "broker_unavailable"
+    DATABASE_UNAVAILABLE = "database_unavailable"
+    RETRIES_EXHAUSTED = "retries_exhausted"
+    INTERNAL = "internal_error"
+
+
+class FaceauthError(Exception):
+    """An error with a stable code, a human message and JSON-safe details."""
+
+    transient: bool = False
+
+    def __init__(self, code: ErrorCode, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"code": str(self.code), "message": self.message}
+        if self.details:
+            out["details"] = self.details
+        return out
+
+
+class TransientError(FaceauthError):
+    """A fault outside the request (storage, database) that a retry may clear."""
+
+    transient = True
+
+
+class ModelLoadError(FaceauthError):
+    """A model folder is missing or broken: a deployment error, not a request error."""
