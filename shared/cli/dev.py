@@ -1,0 +1,86 @@
+"""``faceauth dev up|down`` and ``faceauth demo``: the embedded stack for people."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import signal
+import time
+from pathlib import Path
+
+import typer
+
+from shared.cli.output import console
+
+app = typer.Typer(no_args_is_help=True)
+
+DEFAULT_DIR = Path(".faceauth/dev")
+
+
+@app.command("up")
+def up(
+    data_dir: Path = typer.Option(DEFAULT_DIR, help="where server data and logs live"),
+    detach: bool = typer.Option(False, help="leave the stack running; stop it with 'dev down'"),
+    keep_data: bool = typer.Option(False, help="keep the data dir when the stack stops"),
+    worker: bool = typer.Option(True, help="also start a Celery worker on both queues"),
+    flower: bool = typer.Option(True, help="also start Flower (basic auth)"),
+) -> None:
+    """Start Redis, Postgres+pgvector, an S3 server, a worker and Flower on loopback."""
+    from deploy.demo import settings_for, worker_env
+    from deploy.devstack import DevStack
+
+    started = time.perf_counter()
+    stack = DevStack(data_dir.resolve(), keep_data=keep_data or detach)
+    try:
+        endpoints = stack.start_services()
+        settings = settings_for(endpoints)
+        if worker:
+            stack.start_worker(
+                queues=[settings.queue_inference, settings.queue_io], extra_env=worker_env()
+            )
+        flower_url = None
+        env = {**endpoints.env(), **worker_env()}
+        if flower:
+            password = secrets.token_urlsafe(12)
+            flower_url = stack.start_flower(user="admin", password=password)
+            env.update({"FACEAUTH_FLOWER_USER": "admin", "FACEAUTH_FLOWER_PASSWORD": password})
+        env_file = data_dir / "env"
+        env_file.write_text("".join(f"export {k}='{v}'\n" for k, v in env.items()))
+        env_file.chmod(0o600)
+        console.print(f"ready in {time.perf_counter() - started:.1f}s")
+        console.print(json.dumps(stack.versions(), indent=2))
+        if flower_url:
+            console.print(f"Flower: {flower_url} (credentials in {env_file})")
+        console.print(f"environment for other shells: source {env_file}")
+        if detach:
+            stack.write_state(data_dir / "state.json")
+            return
+        console.print("Ctrl-C stops the stack")
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        if not detach:
+            stack.stop()
+
+
+@app.command("down")
+def down(data_dir: Path = typer.Option(DEFAULT_DIR, help="the data dir given to 'dev up'")) -> None:
+    """Stop a stack started with 'dev up --detach'."""
+    from deploy.devstack import DevStack
+
+    state = data_dir / "state.json"
+    if not state.exists():
+        console.print(f"no running stack recorded in {state}")
+        raise typer.Exit(code=1)
+    DevStack.stop_from_state(state)
+    console.print("stopped")
+
+
+def demo(
+    keep_data: bool = typer.Option(False, help="keep server data after the demo"),
+) -> None:
+    """Start the embedded stack, enroll and verify the sample photos through the queue, stop."""
+    from deploy.demo import run_demo
+
+    report = run_demo(keep_data=keep_data)
+    failed = [name for name, status in report.enrolled.items() if status != "succeeded"]
+    raise typer.Exit(code=1 if failed else 0)

@@ -1,0 +1,74 @@
+"""Producer-side commands: submit through the queue and print the outcome."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from uuid import UUID
+
+import typer
+
+from shared.cli.output import console, print_job
+from shared.config import get_settings
+
+db_app = typer.Typer(no_args_is_help=True)
+
+
+@db_app.command("migrate")
+def migrate() -> None:
+    """Apply pending schema migrations (safe to run repeatedly and concurrently)."""
+    from shared.db.migrations import apply_migrations
+
+    applied = apply_migrations(get_settings().database_dsn())
+    console.print(f"applied: {applied or 'nothing (schema is current)'}")
+
+
+def _client():  # type: ignore[no-untyped-def]
+    from shared.producer import FaceauthClient
+
+    return FaceauthClient()
+
+
+def inspect(
+    image: Path = typer.Argument(..., exists=True, dir_okay=False, help="image file"),
+    timeout: float = typer.Option(60.0, help="seconds to wait for the result"),
+    as_json: bool = typer.Option(False, "--json", help="print the job as JSON"),
+) -> None:
+    """Upload IMAGE, run the inspect job (decode + face count) through the queue."""
+    client = _client()
+    job_id = client.submit_inspection(image.read_bytes())
+    job = client.wait(job_id, timeout=timeout)
+    print_job(job, as_json=as_json)
+    raise typer.Exit(code=0 if job.status == "succeeded" else 1)
+
+
+def enroll(
+    user_id: str = typer.Argument(..., help="the user's id in your system"),
+    images: list[Path] = typer.Argument(..., exists=True, dir_okay=False, help="1-3 photos"),
+    idempotency_key: str | None = typer.Option(None, help="resubmitting the same key is a no-op"),
+    no_liveness: bool = typer.Option(False, "--no-liveness", help="back-office backfill only"),
+    timeout: float = typer.Option(120.0, help="seconds to wait for the result"),
+    as_json: bool = typer.Option(False, "--json", help="print the job as JSON"),
+) -> None:
+    """Enroll USER_ID with IMAGES through the queue and print each image's verdict."""
+    client = _client()
+    job_id = client.submit_enrollment(
+        user_id,
+        [p.read_bytes() for p in images],
+        idempotency_key=idempotency_key,
+        liveness=not no_liveness,
+    )
+    job = client.wait(job_id, timeout=timeout)
+    print_job(job, as_json=as_json)
+    raise typer.Exit(code=0 if job.status == "succeeded" else 1)
+
+
+def show_job(
+    job_id: UUID = typer.Argument(..., help="job id"),
+    as_json: bool = typer.Option(False, "--json", help="print the job as JSON"),
+) -> None:
+    """Show a job's durable record from Postgres."""
+    job = _client().get_job(job_id)
+    if job is None:
+        console.print(f"no job {job_id}")
+        raise typer.Exit(code=1)
+    print_job(job, as_json=as_json)

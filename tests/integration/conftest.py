@@ -1,0 +1,66 @@
+"""The embedded stack for integration tests, started once per session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from deploy.demo import settings_for, worker_env
+from deploy.devstack import DevStack, ManagedProcess, StackEndpoints
+from shared.config import Settings
+from shared.producer import FaceauthClient
+
+# Short redelivery so a test that kills a worker sees its job come back quickly.
+VISIBILITY_TIMEOUT_S = 20
+
+
+@dataclass
+class LiveStack:
+    stack: DevStack
+    endpoints: StackEndpoints
+    settings: Settings
+    client: FaceauthClient
+    worker: ManagedProcess
+
+    def worker_env(self) -> dict[str, str]:
+        return {
+            **worker_env(),
+            "FACEAUTH_BROKER_VISIBILITY_TIMEOUT_S": str(VISIBILITY_TIMEOUT_S),
+        }
+
+    def restart_worker(self) -> ManagedProcess:
+        if self.worker.is_alive():
+            self.worker.stop()
+        self.worker = self.stack.start_worker(
+            queues=[self.settings.queue_inference, self.settings.queue_io],
+            extra_env=self.worker_env(),
+        )
+        return self.worker
+
+    def sql(self, query: str, *params: object) -> list[tuple[object, ...]]:
+        with psycopg.connect(self.settings.database_dsn(), autocommit=True) as conn:
+            return conn.execute(query, params).fetchall()  # type: ignore[arg-type]
+
+    def table_counts(self) -> dict[str, int]:
+        tables = ("users", "templates", "enrollments", "audit_log", "model_versions")
+        return {t: int(self.sql(f"SELECT count(*) FROM {t}")[0][0]) for t in tables}  # type: ignore[call-overload]
+
+
+@pytest.fixture(scope="session")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
+    root: Path = tmp_path_factory.mktemp("stack")
+    stack = DevStack(root)
+    try:
+        endpoints = stack.start_services()
+        settings = settings_for(endpoints, broker_visibility_timeout_s=VISIBILITY_TIMEOUT_S)
+        holder = LiveStack(stack, endpoints, settings, FaceauthClient(settings), worker=None)  # type: ignore[arg-type]
+        holder.worker = stack.start_worker(
+            queues=[settings.queue_inference, settings.queue_io], extra_env=holder.worker_env()
+        )
+        yield holder
+    finally:
+        stack.stop()

@@ -1,0 +1,1 @@
+"""Celery workers: the app, its tasks and the inference stages they run."""

@@ -1,0 +1,111 @@
+"""Per-process resources of a worker: settings, DB pool, image store and models.
+
+Each is built on first use in the process that uses it (after Celery forks),
+then reused for every task that process runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from psycopg_pool import ConnectionPool
+
+from shared.config import Settings, get_settings
+from shared.db.pool import get_pool
+from shared.imaging import DecodedImage, decode_image
+from shared.storage import ImageStore
+
+if TYPE_CHECKING:
+    from workers.inference.face_pack import FacePack
+    from workers.inference.liveness import LivenessScorer
+
+log = logging.getLogger(__name__)
+
+
+class WorkerRuntime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._face_pack: FacePack | None = None
+        self._liveness: LivenessScorer | None = None
+        self._liveness_loaded = False
+        self.model_load_seconds: dict[str, float] = {}
+
+    @property
+    def pool(self) -> ConnectionPool:
+        return get_pool(self.settings)
+
+    @cached_property
+    def store(self) -> ImageStore:
+        return ImageStore.from_settings(self.settings)
+
+    def face_pack(self) -> FacePack:
+        with self._lock:
+            if self._face_pack is None:
+                from workers.inference.face_pack import FacePack
+
+                started = time.perf_counter()
+                self._face_pack = FacePack.load(
+                    self.settings.face_pack_dir,
+                    det_size=self.settings.face_det_size,
+                    providers=self.settings.ort_providers,
+                )
+                self.model_load_seconds["face_pack"] = time.perf_counter() - started
+                log.info(
+                    "face pack %s loaded in %.2fs (dim %d, providers %s)",
+                    self._face_pack.model_version,
+                    self.model_load_seconds["face_pack"],
+                    self._face_pack.embedding_dim,
+                    self._face_pack.providers,
+                )
+            return self._face_pack
+
+    def liveness(self) -> LivenessScorer | None:
+        """The deployed liveness model, or None when none is configured or it is switched off."""
+        with self._lock:
+            if not self._liveness_loaded:
+                folder = self.settings.liveness_model_dir
+                if folder is not None and self.settings.liveness_enabled:
+                    from workers.inference.liveness import LivenessScorer
+
+                    started = time.perf_counter()
+                    self._liveness = LivenessScorer.load(folder)
+                    self.model_load_seconds["liveness"] = time.perf_counter() - started
+                    log.info(
+                        "liveness model %s %s loaded in %.2fs",
+                        self._liveness.name,
+                        self._liveness.version,
+                        self.model_load_seconds["liveness"],
+                    )
+                self._liveness_loaded = True
+            return self._liveness
+
+    def fetch_image(self, key: str) -> DecodedImage:
+        data = self.store.get(key, max_bytes=self.settings.max_image_bytes)
+        return decode_image(
+            data,
+            max_bytes=self.settings.max_image_bytes,
+            max_pixels=self.settings.max_image_pixels,
+        )
+
+
+_runtime: WorkerRuntime | None = None
+_runtime_pid: int | None = None
+
+
+def runtime() -> WorkerRuntime:
+    global _runtime, _runtime_pid
+    if _runtime is None or _runtime_pid != os.getpid():
+        _runtime, _runtime_pid = WorkerRuntime(get_settings()), os.getpid()
+    return _runtime
+
+
+def on_process_start() -> None:
+    """Called in every pool child right after fork: drop anything inherited from the parent."""
+    global _runtime
+    _runtime = None
