@@ -15,7 +15,7 @@ from shared.config import Settings
 from shared.producer import FaceauthClient
 
 # Short redelivery so a test that kills a worker sees its job come back quickly.
-VISIBILITY_TIMEOUT_S = 20
+VISIBILITY_TIMEOUT_S = 10
 
 
 @dataclass

@@ -1,0 +1,106 @@
+"""Postgres + pgvector: migrations, append-only audit, per-version HNSW index, repositories."""
+
+from __future__ import annotations
+
+from uuid import uuid4
+
+import numpy as np
+import psycopg
+import pytest
+from pgvector.psycopg import register_vector
+
+from shared.db import templates as repo
+from shared.db.audit import append_audit
+from shared.db.migrations import apply_migrations, load_migrations
+
+from .conftest import LiveStack
+
+pytestmark = pytest.mark.integration
+
+
+def test_migrations_are_applied_once(live: LiveStack) -> None:
+    versions = [m.version for m in load_migrations()]
+    assert versions == sorted(versions) and versions[0] == 1
+    assert apply_migrations(live.settings.database_dsn()) == []  # the worker applied them
+    rows = live.sql("SELECT version FROM schema_migrations ORDER BY version")
+    assert [r[0] for r in rows] == versions
+    ext = live.sql("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+    assert ext and str(ext[0][0]).startswith("0.")
+
+
+def test_audit_log_is_append_only(live: LiveStack) -> None:
+    with psycopg.connect(live.settings.database_dsn(), autocommit=True) as conn:
+        append_audit(conn, event="test", user_id=None, job_id=None, details={"n": 1})
+        with pytest.raises(psycopg.errors.RaiseException):
+            conn.execute("UPDATE audit_log SET event = 'changed'")
+        with pytest.raises(psycopg.errors.RaiseException):
+            conn.execute("DELETE FROM audit_log")
+        with pytest.raises(ValueError):
+            append_audit(conn, event="x", user_id=None, job_id=None, details={"embedding": [1]})
+
+
+def test_hnsw_index_per_model_version_is_used(live: LiveStack) -> None:
+    dim, version = 16, f"synthetic-{uuid4().hex[:8]}"
+    rng = np.random.default_rng(1)
+    with psycopg.connect(live.settings.database_dsn()) as conn:
+        register_vector(conn)
+        with conn.transaction():
+            repo.ensure_model_version(
+                conn, model_name="synthetic", model_version=version, embedding_dim=dim
+            )
+            for i in range(300):
+                vec = rng.normal(size=dim).astype(np.float32)
+                vec /= np.linalg.norm(vec)
+                repo.write_enrollment(
+                    conn,
+                    enrollment_id=uuid4(),
+                    user_id=f"{version}-u{i}",
+                    model_name="synthetic",
+                    model_version=version,
+                    templates=[repo.NewTemplate(vec, True, {}, None)],
+                    liveness_checked=False,
+                    duplicate_of=[],
+                )
+        conn.execute("ANALYZE templates")
+        query = rng.normal(size=dim).astype(np.float32)
+        query /= np.linalg.norm(query)
+        with conn.transaction():
+            hnsw = repo.search_mean_templates(
+                conn, query, model_version=version, embedding_dim=dim, top_k=5, ef_search=100
+            )
+        with conn.transaction():
+            exact = repo.search_mean_templates(
+                conn,
+                query,
+                model_version=version,
+                embedding_dim=dim,
+                top_k=5,
+                ef_search=100,
+                exact=True,
+            )
+            assert conn.execute("SHOW enable_indexscan").fetchone() == ("off",)
+        assert conn.execute("SHOW enable_indexscan").fetchone() == ("on",)  # SET LOCAL only
+        assert [h.user_id for h in hnsw][:3] == [h.user_id for h in exact][:3]
+        assert all(a.score >= b.score for a, b in zip(exact, exact[1:], strict=False))
+        with conn.transaction():
+            conn.execute("SET LOCAL enable_seqscan = off")
+            plan = "\n".join(
+                str(r[0])
+                for r in conn.execute(
+                    f"EXPLAIN SELECT user_id FROM templates WHERE model_version = '{version}'"
+                    f" AND is_active AND is_mean_template ORDER BY embedding::vector({dim})"
+                    f" <=> %s::vector({dim}) LIMIT 5",
+                    (query,),
+                ).fetchall()
+            )
+        assert repo.hnsw_index_name(version) in plan
+
+
+def test_model_version_dimension_is_fixed(live: LiveStack) -> None:
+    version = f"dim-{uuid4().hex[:8]}"
+    with psycopg.connect(live.settings.database_dsn()) as conn:
+        repo.ensure_model_version(conn, model_name="m", model_version=version, embedding_dim=8)
+        from shared.errors import FaceauthError
+
+        with pytest.raises(FaceauthError):
+            repo.ensure_model_version(conn, model_name="m", model_version=version, embedding_dim=9)

@@ -1,0 +1,84 @@
+"""Calibration over photos on disk (CLI) or over the enrolled database (IO task)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+import psycopg
+
+from shared.calibration import CalibrationReport, SkipImage, build_report, calibrate_directory
+from shared.config import Settings
+from shared.errors import FaceauthError
+from shared.imaging import decode_image
+
+if TYPE_CHECKING:
+    from workers.inference.face_pack import FacePack
+
+MAX_IMPOSTOR_PAIRS = 1_000_000  # beyond this, a reproducible sample (seeded)
+
+
+def image_embedder(
+    pack: FacePack, settings: Settings
+) -> Callable[[Path], npt.NDArray[np.float32] | SkipImage]:
+    """The enrollment gates, then one embedding; an unusable photo is skipped with its reason."""
+    from workers.inference.quality import QualityGate, assess_image
+
+    gate = QualityGate(settings)
+
+    def embed(path: Path) -> npt.NDArray[np.float32] | SkipImage:
+        try:
+            image = decode_image(
+                path.read_bytes(),
+                max_bytes=settings.max_image_bytes,
+                max_pixels=settings.max_image_pixels,
+            )
+        except FaceauthError as exc:
+            return SkipImage(exc.message, str(exc.code))
+        faces = pack.detect(image.pixels)
+        assessment = assess_image(image.pixels, faces, gate)
+        if not assessment.passed:
+            reasons = "; ".join(r.message for r in assessment.reasons)
+            return SkipImage(reasons, str(assessment.reasons[0].code))
+        return pack.embed([(image.pixels, faces[0].kps)])[0]
+
+    return embed
+
+
+def calibrate_photos(root: Path, pack: FacePack, settings: Settings) -> CalibrationReport:
+    return calibrate_directory(
+        root,
+        image_embedder(pack, settings),
+        model_name=pack.model_name,
+        model_version=pack.model_version,
+        max_pairs=MAX_IMPOSTOR_PAIRS,
+    )
+
+
+def calibrate_enrolled(conn: psycopg.Connection, *, model_version: str) -> CalibrationReport:
+    """Genuine/impostor scores from the active per-image templates of every enrolled user."""
+    rows = conn.execute(
+        "SELECT user_id, template_id, embedding, model_name FROM templates"
+        " WHERE model_version = %s AND is_active AND NOT is_mean_template"
+        " ORDER BY user_id, created_at, template_id",
+        (model_version,),
+    ).fetchall()
+    by_user: dict[str, list[npt.NDArray[np.float32]]] = defaultdict(list)
+    names: dict[str, list[str]] = defaultdict(list)
+    model_name = ""
+    for user_id, template_id, embedding, name in rows:
+        by_user[str(user_id)].append(np.asarray(embedding, dtype=np.float32))
+        names[str(user_id)].append(str(template_id))
+        model_name = str(name)
+    return build_report(
+        {u: np.stack(v) for u, v in by_user.items()},
+        model_name=model_name,
+        model_version=model_version,
+        item_names=names,
+        source="database",
+        max_pairs=MAX_IMPOSTOR_PAIRS,
+    )

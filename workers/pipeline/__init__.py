@@ -1,0 +1,1 @@
+"""Job pipelines built from the inference stages (enrollment, verification, identification)."""

@@ -1,0 +1,121 @@
+"""1:N identification: the top-k enrolled users most similar to a probe.
+
+Searches the HNSW index of the active mean templates of the worker's model
+version. HNSW with a filter can return fewer rows than asked for (the filter
+is applied after the graph walk), so a short answer is repeated as an exact
+scan; the result says which search produced it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import psycopg
+
+from shared.db import templates as template_repo
+from shared.db.audit import append_audit
+from shared.db.calibrations import active_thresholds
+from shared.schemas import IdentifyRequest
+from workers.job_runner import JobContext, Outcome
+from workers.pipeline.probe import StageTimer, check_images
+from workers.pipeline.verification import decide, probe_failure_decision
+
+
+def identify(request: IdentifyRequest, ctx: JobContext) -> Outcome:
+    started = time.perf_counter()
+    rt = ctx.runtime
+    pack = rt.face_pack()
+    timer = StageTimer()
+    (report,), liveness = check_images(
+        rt, [request.image_key], liveness=request.liveness, timer=timer
+    )
+    result: dict[str, Any] = {
+        "model_name": pack.model_name,
+        "model_version": pack.model_version,
+        "liveness": liveness,
+        "probe": report.to_dict(),
+        "candidates": [],
+    }
+    failure = probe_failure_decision(report)
+    if failure is not None:
+        result["decision"] = failure
+        result["reasons"] = report.reasons
+        return Outcome(result=result, stage_seconds=timer.seconds)
+
+    t = time.perf_counter()
+    probe = pack.embed([(report.pixels, report.face.kps)])[0]  # type: ignore[union-attr]
+    timer.add("align_embed", t)
+    t = time.perf_counter()
+    with rt.pool.connection() as conn:
+        thresholds = active_thresholds(
+            conn,
+            pack.model_version,
+            default_low=rt.settings.verify_t_low,
+            default_high=rt.settings.verify_t_high,
+        )
+        n_enrolled = int(
+            conn.execute(
+                "SELECT count(*) FROM templates WHERE model_version = %s AND is_active"
+                " AND is_mean_template",
+                (pack.model_version,),
+            ).fetchone()[0]  # type: ignore[index]
+        )
+        search = "hnsw"
+        with conn.transaction():
+            hits = template_repo.search_mean_templates(
+                conn,
+                probe,
+                model_version=pack.model_version,
+                embedding_dim=pack.embedding_dim,
+                top_k=request.top_k,
+                ef_search=rt.settings.hnsw_ef_search,
+            )
+        if len(hits) < min(request.top_k, n_enrolled):
+            search = "exact"
+            with conn.transaction():
+                hits = template_repo.search_mean_templates(
+                    conn,
+                    probe,
+                    model_version=pack.model_version,
+                    embedding_dim=pack.embedding_dim,
+                    top_k=request.top_k,
+                    ef_search=rt.settings.hnsw_ef_search,
+                    exact=True,
+                )
+    timer.add("search", t)
+    result["candidates"] = [
+        {
+            "rank": i + 1,
+            "user_id": h.user_id,
+            "score": round(h.score, 6),
+            "decision": decide(h.score, thresholds),
+        }
+        for i, h in enumerate(hits)
+    ]
+    top = result["candidates"][0] if result["candidates"] else None
+    result["decision"] = "match" if top and top["decision"] == "accept" else "no_match"
+    result["search"] = search
+    result["thresholds"] = thresholds.as_dict()
+    latency_ms = round((time.perf_counter() - started) * 1000, 1)
+    result["latency_ms"] = latency_ms
+
+    def write(conn: psycopg.Connection) -> None:
+        append_audit(
+            conn,
+            event="identification",
+            user_id=top["user_id"] if top else None,
+            job_id=ctx.job_id,
+            details={
+                "decision": result["decision"],
+                "candidates": [
+                    {"user_id": c["user_id"], "score": c["score"]} for c in result["candidates"]
+                ],
+                "thresholds": thresholds.as_dict(),
+                "face_model_version": pack.model_version,
+                "search": search,
+                "latency_ms": latency_ms,
+            },
+        )
+
+    return Outcome(result=result, write=write, stage_seconds=timer.seconds)

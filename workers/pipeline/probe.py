@@ -1,0 +1,147 @@
+"""Per-image stages shared by every job: fetch, decode, detect, quality gate, liveness.
+
+Each image ends as an ``ImageReport``: either one usable face with its metrics,
+or the list of reasons it is unusable, each with a stable code, the measured
+value and the threshold, so a client can tell the user "too dark" rather
+than "error".
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from shared.errors import FaceauthError
+from shared.quality_codes import QualityReasonCode
+
+if TYPE_CHECKING:
+    from workers.inference.face_pack import DetectedFace
+    from workers.runtime import WorkerRuntime
+
+SPOOF_REASON = "spoof_suspected"
+
+
+@dataclass
+class ImageReport:
+    image_key: str
+    passed: bool = False
+    reasons: list[dict[str, Any]] = field(default_factory=list)
+    quality: dict[str, Any] = field(default_factory=dict)
+    face_count: int | None = None
+    liveness: dict[str, Any] | None = None
+    error_code: str | None = None
+    # Not serialised: the decoded pixels and the chosen face, kept for embedding.
+    pixels: npt.NDArray[np.uint8] | None = None
+    face: DetectedFace | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "image_key": self.image_key,
+            "passed": self.passed,
+            "reasons": self.reasons,
+            "face_count": self.face_count,
+            "quality": self.quality,
+        }
+        if self.liveness is not None:
+            out["liveness"] = self.liveness
+        return out
+
+
+@dataclass
+class StageTimer:
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    def add(self, stage: str, started: float) -> float:
+        now = time.perf_counter()
+        self.seconds[stage] += now - started
+        return now
+
+
+def check_images(
+    rt: WorkerRuntime, keys: list[str], *, liveness: bool, timer: StageTimer
+) -> tuple[list[ImageReport], dict[str, Any]]:
+    """Run the per-image gates on every key; return reports and a liveness summary."""
+    from workers.inference.quality import QualityGate, assess_image
+
+    pack = rt.face_pack()
+    gate = QualityGate(rt.settings)
+    reports: list[ImageReport] = []
+    for key in keys:
+        report = ImageReport(image_key=key)
+        reports.append(report)
+        t = time.perf_counter()
+        try:
+            image = rt.fetch_image(key)
+        except FaceauthError as exc:
+            if exc.transient:
+                raise
+            report.error_code = str(exc.code)
+            report.reasons.append({"code": str(exc.code), "message": exc.message})
+            timer.add("decode", t)
+            continue
+        t = timer.add("decode", t)
+        faces = pack.detect(image.pixels)
+        t = timer.add("detect", t)
+        assessment = assess_image(image.pixels, faces, gate)
+        timer.add("quality", t)
+        report.face_count = len(faces)
+        report.reasons.extend(r.model_dump(mode="json") for r in assessment.reasons)
+        if assessment.metrics is not None:
+            report.quality = assessment.metrics.model_dump(mode="json")
+        report.passed = assessment.passed
+        if len(faces) == 1:
+            report.pixels, report.face = image.pixels, faces[0]
+    summary = _score_liveness(rt, reports, enabled=liveness, timer=timer)
+    return reports, summary
+
+
+def _score_liveness(
+    rt: WorkerRuntime, reports: list[ImageReport], *, enabled: bool, timer: StageTimer
+) -> dict[str, Any]:
+    if not enabled:
+        return {"checked": False, "reason": "disabled for this job"}
+    scorer = rt.liveness()
+    if scorer is None:
+        return {"checked": False, "reason": "no liveness model deployed"}
+    threshold = rt.settings.liveness_threshold
+    todo = [r for r in reports if r.face is not None and r.pixels is not None]
+    t = time.perf_counter()
+    scores = scorer.score_many([(r.pixels, r.face.bbox) for r in todo]) if todo else []  # type: ignore[union-attr]
+    timer.add("liveness", t)
+    for report, score in zip(todo, scores, strict=True):
+        report.liveness = {
+            "spoof_score": round(float(score.spoof_score), 6),
+            "threshold": threshold,
+            "model_name": scorer.name,
+            "model_version": scorer.version,
+        }
+        report.quality["spoof_score"] = report.liveness["spoof_score"]
+        if score.spoof_score > threshold:
+            report.passed = False
+            report.reasons.append(
+                {
+                    "code": SPOOF_REASON,
+                    "value": round(float(score.spoof_score), 4),
+                    "threshold": threshold,
+                    "message": f"possible presentation attack: spoof score "
+                    f"{score.spoof_score:.3f} > {threshold}",
+                }
+            )
+    return {
+        "checked": True,
+        "model_name": scorer.name,
+        "model_version": scorer.version,
+        "threshold": threshold,
+    }
+
+
+def reason_codes(reports: list[ImageReport]) -> set[str]:
+    return {str(r["code"]) for rep in reports for r in rep.reasons}
+
+
+__all__ = ["SPOOF_REASON", "ImageReport", "QualityReasonCode", "StageTimer", "check_images"]
