@@ -1,0 +1,1 @@
+"""Offline training jobs. The only place torch is imported; workers never import this package."""

@@ -1,0 +1,113 @@
+"""``faceauth train ...``: the training sub-commands (mounted by the top-level CLI).
+
+torch, timm and mediapipe are imported only when a command runs, so ``faceauth --help``
+stays fast and works where the training extra is not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from training.liveness.config import DetectorChoice, TrainConfig
+
+app = typer.Typer(help="Train models offline (needs the 'training' extra).", no_args_is_help=True)
+
+
+@app.callback()
+def _group() -> None:
+    """Train models offline (needs the 'training' extra)."""
+    # A callback keeps this a command group even with one command, so the command is
+    # spelled ``liveness`` both here and when mounted as ``faceauth train``.
+
+
+@app.command("liveness")
+def liveness(
+    data: Annotated[
+        Path | None,
+        typer.Argument(help="folder with live/ and spoof/[<attack>/] (omit with --manifest)"),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="output folder for the run")] = Path(
+        "runs/liveness"
+    ),
+    manifest: Annotated[
+        Path | None, typer.Option(help="CSV: path,label[,attack_type][,subject_id]")
+    ] = None,
+    epochs: Annotated[int, typer.Option(min=1)] = 30,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    input_size: Annotated[int, typer.Option(min=32, help="model input side (B2: 260)")] = 260,
+    crop_scale: Annotated[float, typer.Option(min=1.0, help="face box growth factor")] = 1.6,
+    patience: Annotated[int, typer.Option(min=1, help="early-stopping patience")] = 5,
+    max_steps_per_epoch: Annotated[int | None, typer.Option(min=1)] = None,
+    imagenet_weights: Annotated[
+        Path | None, typer.Option(help="local efficientnet_b2 .safetensors (never downloaded)")
+    ] = None,
+    seed: Annotated[int, typer.Option()] = 42,
+    lr: Annotated[float, typer.Option()] = 1e-3,
+    weight_decay: Annotated[float, typer.Option()] = 1e-4,
+    val_fraction: Annotated[float, typer.Option()] = 0.15,
+    test_fraction: Annotated[float, typer.Option()] = 0.15,
+    threshold: Annotated[float, typer.Option(help="spoof-score decision threshold")] = 0.5,
+    detector: Annotated[
+        str, typer.Option(help="MediaPipe BlazeFace model: short, full or auto")
+    ] = "auto",
+    cache_dir: Annotated[Path | None, typer.Option(help="crop cache (default OUT/crop_cache)")] = (
+        None
+    ),
+    device: Annotated[str | None, typer.Option(help="torch device (default: cuda if any)")] = None,
+    num_workers: Annotated[int, typer.Option(min=0)] = 0,
+    version: Annotated[str | None, typer.Option(help="model version (default: UTC run id)")] = (
+        None
+    ),
+) -> None:
+    """Train the EfficientNet-B2 liveness model and export it as a deployable ONNX folder."""
+    choices: dict[str, DetectorChoice] = {"short": "short", "full": "full", "auto": "auto"}
+    if detector not in choices:
+        raise typer.BadParameter("must be short, full or auto", param_hint="--detector")
+    det = choices[detector]
+    try:
+        config = TrainConfig(
+            out_dir=out,
+            data_dir=data,
+            manifest=manifest,
+            epochs=epochs,
+            batch_size=batch_size,
+            input_size=input_size,
+            crop_scale=crop_scale,
+            patience=patience,
+            max_steps_per_epoch=max_steps_per_epoch,
+            imagenet_weights=imagenet_weights,
+            seed=seed,
+            lr=lr,
+            weight_decay=weight_decay,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            threshold=threshold,
+            detector=det,
+            cache_dir=cache_dir,
+            device=device,
+            num_workers=num_workers,
+            version=version,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from training.liveness.train import train_liveness  # heavy: torch, timm, mediapipe
+
+    result = train_liveness(config)
+    summary: dict[str, Any] = {
+        "model_folder": str(result.onnx_path.parent),
+        "onnx": str(result.onnx_path),
+        "evaluation": str(result.evaluation_path),
+        "unusable_images": str(result.preprocess_report_path),
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "stopped_early": result.stopped_early,
+        "device": result.device,
+        "metrics": result.metrics,
+    }
+    typer.echo(json.dumps(summary, indent=2))

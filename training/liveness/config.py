@@ -1,0 +1,86 @@
+"""Settings of one liveness training run and the summary it returns (no torch here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+# MediaPipe ships two BlazeFace models: "short" (faces within about 2 m, the usual selfie or
+# PAD capture) and "full" (full-range, small faces). "auto" tries short first and falls back
+# to full so that a far-away face is cropped rather than reported unusable.
+DetectorChoice = Literal["short", "full", "auto"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run depends on; two runs with equal configs and data give equal splits."""
+
+    out_dir: Path
+    data_dir: Path | None = None  # folder layout live/ + spoof/[attack]/
+    manifest: Path | None = None  # CSV path,label[,attack_type][,subject_id]; wins over data_dir
+    epochs: int = 30
+    batch_size: int = 32
+    input_size: int = 260  # EfficientNet-B2's native resolution
+    crop_scale: float = 1.6  # context around the face raised spoof recall ~87% -> ~97%
+    patience: int = 5
+    min_delta: float = 0.0  # smallest val-loss drop that counts as an improvement
+    max_steps_per_epoch: int | None = None
+    imagenet_weights: Path | None = None  # local .safetensors; never downloaded
+    seed: int = 42
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    dropout: float = 0.3
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    threshold: float = 0.5  # spoof score at or above which a face is called an attack
+    detector: DetectorChoice = "auto"
+    min_detection_confidence: float = 0.5
+    cache_dir: Path | None = None  # default: <out_dir>/crop_cache
+    device: str | None = None  # default: cuda when available, else cpu
+    num_workers: int = 0
+    model_name: str = "efficientnet-b2-liveness"
+    version: str | None = None  # default: a UTC timestamp run id
+    onnx_file: str = "liveness_efficientnet_b2.onnx"
+
+    def __post_init__(self) -> None:
+        if self.data_dir is None and self.manifest is None:
+            raise ValueError("give a data folder or a CSV manifest")
+        if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
+            raise ValueError("epochs, batch_size and patience must be >= 1")
+        if self.input_size < 32:
+            raise ValueError("input_size must be >= 32")
+        if self.crop_scale < 1.0:
+            raise ValueError("crop_scale must be >= 1.0")
+        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
+            raise ValueError("max_steps_per_epoch must be >= 1")
+        if not (0.0 < self.val_fraction < 1.0 and 0.0 <= self.test_fraction < 1.0):
+            raise ValueError("val_fraction must be in (0, 1) and test_fraction in [0, 1)")
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError("val_fraction + test_fraction must leave room for training")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError("threshold must be in [0, 1]")
+
+    @property
+    def resolved_cache_dir(self) -> Path:
+        return self.cache_dir if self.cache_dir is not None else self.out_dir / "crop_cache"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Where a run left its artefacts and the headline numbers."""
+
+    out_dir: Path
+    onnx_path: Path
+    spec_path: Path
+    checkpoint_path: Path
+    epoch_log_path: Path
+    evaluation_path: Path
+    preprocess_report_path: Path
+    eda_report_path: Path
+    best_epoch: int
+    epochs_run: int
+    stopped_early: bool
+    device: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+    counts: dict[str, Any] = field(default_factory=dict)
