@@ -34,3 +34,9 @@ def test_every_setting_is_documented_in_the_readme() -> None:
     documented = set(re.findall(r"`(FACEAUTH_[A-Z0-9_]+)`", readme))
     fields = {f"FACEAUTH_{name.upper()}" for name in Settings.model_fields}
     assert fields <= documented, sorted(fields - documented)
+
+
+def test_readme_config_table_is_generated_from_settings() -> None:
+    from deploy.config_docs import config_table
+
+    assert config_table() in (REPO_ROOT / "README.md").read_text()
