@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     min_brightness: float = Field(25.0, description="darkest accepted mean face brightness")
     max_brightness: float = Field(235.0, description="brightest accepted mean face brightness")
     min_face_area_ratio: float = Field(0.02, description="face box area / image area")
+    min_aligned_crop_coverage: float = Field(
+        0.9, description="share of the aligned face that must lie inside the photo"
+    )
     pose_gate_enabled: bool = Field(True, description="reject on head pose")
     max_abs_yaw_deg: float = Field(30.0, description="largest accepted |yaw|")
     max_abs_pitch_deg: float = Field(20.0, description="largest accepted |pitch|")
