@@ -13,6 +13,7 @@ import psycopg
 
 from shared.calibration import CalibrationReport, SkipImage, build_report, calibrate_directory
 from shared.config import Settings
+from shared.db.templates import as_array
 from shared.errors import FaceauthError
 from shared.imaging import decode_image
 
@@ -71,7 +72,7 @@ def calibrate_enrolled(conn: psycopg.Connection, *, model_version: str) -> Calib
     names: dict[str, list[str]] = defaultdict(list)
     model_name = ""
     for user_id, template_id, embedding, name in rows:
-        by_user[str(user_id)].append(np.asarray(embedding, dtype=np.float32))
+        by_user[str(user_id)].append(as_array(embedding))
         names[str(user_id)].append(str(template_id))
         model_name = str(name)
     return build_report(

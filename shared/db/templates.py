@@ -17,6 +17,13 @@ from psycopg.types.json import Jsonb
 from shared.errors import ErrorCode, FaceauthError
 
 
+def as_array(value: Any) -> npt.NDArray[np.float32]:
+    """A vector column value as float32 numpy (pgvector >= 0.4 returns ``Vector`` objects)."""
+    if hasattr(value, "to_numpy"):
+        value = value.to_numpy()
+    return np.asarray(value, dtype=np.float32)
+
+
 def hnsw_index_name(model_version: str) -> str:
     return "templates_hnsw_" + hashlib.sha256(model_version.encode()).hexdigest()[:16]
 
@@ -192,7 +199,7 @@ def active_templates(
         StoredTemplate(
             template_id=r["template_id"],
             user_id=r["user_id"],
-            embedding=np.asarray(r["embedding"], dtype=np.float32),
+            embedding=as_array(r["embedding"]),
             is_mean_template=r["is_mean_template"],
             model_name=r["model_name"],
             model_version=r["model_version"],

@@ -48,8 +48,9 @@ def _gate_failure(reports: list[ImageReport], timer: StageTimer) -> Outcome | No
         # code so producers can tell "fix your upload" from "take another photo".
         code = ErrorCode(image_errors[0])
         return _reject(code, f"{len(image_errors)} image(s) could not be read", reports, timer)
-    only_spoof = all(all(reason["code"] == SPOOF_REASON for reason in r.reasons) for r in failed)
-    if only_spoof:
+    # A suspected presentation attack outranks quality problems (it is a fraud signal).
+    any_spoof = any(reason["code"] == SPOOF_REASON for r in failed for reason in r.reasons)
+    if any_spoof:
         return _reject(
             ErrorCode.LIVENESS_REJECTED,
             f"{len(failed)} image(s) look like a presentation attack",

@@ -46,7 +46,9 @@ def probe_failure_decision(report: ImageReport) -> str | None:
     if report.passed:
         return None
     codes = {r["code"] for r in report.reasons}
-    return Decision.LIVENESS_FAILED if codes == {SPOOF_REASON} else Decision.QUALITY_FAILED
+    # A suspected presentation attack outranks any quality problem: it is the fraud signal
+    # the caller must see, even when the attack photo is also badly posed.
+    return Decision.LIVENESS_FAILED if SPOOF_REASON in codes else Decision.QUALITY_FAILED
 
 
 def verify(request: VerifyRequest, ctx: JobContext) -> Outcome:
