@@ -21,7 +21,7 @@ from rich.table import Table
 
 from deploy.devstack import DevStack, StackEndpoints
 from shared.config import Settings
-from shared.paths import faces_dir, minifasnet_dir, test_face_pack_dir
+from shared.paths import faces_dir, minifasnet_dir, sample_face_pack_dir
 
 console = Console()
 
@@ -29,7 +29,7 @@ console = Console()
 def worker_env() -> dict[str, str]:
     """Model settings for a dev worker: the test pack and the pretrained liveness model."""
     return {
-        "FACEAUTH_FACE_PACK_DIR": str(test_face_pack_dir()),
+        "FACEAUTH_FACE_PACK_DIR": str(sample_face_pack_dir()),
         "FACEAUTH_LIVENESS_MODEL_DIR": str(minifasnet_dir()),
     }
 

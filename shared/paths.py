@@ -14,7 +14,7 @@ def assets_dir() -> Path:
     return Path(env).resolve() if env else (REPO_ROOT.parent / "shared").resolve()
 
 
-def test_face_pack_dir() -> Path:
+def sample_face_pack_dir() -> Path:
     return assets_dir() / "models" / "facepack-test"
 
 

@@ -176,6 +176,9 @@ class FaceauthClient:
             JobKind.QUALITY_SCAN, {"image_keys": keys}, idempotency_key=idempotency_key
         )
 
+    def submit_reembed(self, user_id: str, *, idempotency_key: str | None = None) -> UUID:
+        return self.submit(JobKind.REEMBED, {"user_id": user_id}, idempotency_key=idempotency_key)
+
     def submit_user_deletion(self, user_id: str, *, idempotency_key: str | None = None) -> UUID:
         return self.submit(
             JobKind.DELETE_USER, {"user_id": user_id}, idempotency_key=idempotency_key

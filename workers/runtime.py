@@ -11,6 +11,7 @@ import os
 import threading
 import time
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from psycopg_pool import ConnectionPool
@@ -32,6 +33,8 @@ class WorkerRuntime:
         self.settings = settings
         self._lock = threading.Lock()
         self._face_pack: FacePack | None = None
+        self._previous_pack: FacePack | None = None
+        self._previous_loaded = False
         self._liveness: LivenessScorer | None = None
         self._liveness_loaded = False
         self.model_load_seconds: dict[str, float] = {}
@@ -44,18 +47,47 @@ class WorkerRuntime:
     def store(self) -> ImageStore:
         return ImageStore.from_settings(self.settings)
 
+    def _load_pack(self, folder: Path, label: str | None, key: str) -> FacePack:
+        from workers.inference.face_pack import FacePack
+
+        started = time.perf_counter()
+        pack = FacePack.load(
+            folder, det_size=self.settings.face_det_size, providers=self.settings.ort_providers
+        )
+        if label:
+            pack = pack.relabelled(label)
+        self.model_load_seconds[key] = time.perf_counter() - started
+        from workers import metrics
+
+        metrics.observe_model_load(key, self.model_load_seconds[key])
+        return pack
+
+    def previous_face_pack(self) -> FacePack | None:
+        """The pre-migration pack, loaded only when a migration is configured."""
+        with self._lock:
+            if not self._previous_loaded:
+                folder = self.settings.previous_face_pack_dir
+                if folder is not None:
+                    self._previous_pack = self._load_pack(
+                        folder, self.settings.previous_face_pack_version, "previous_face_pack"
+                    )
+                self._previous_loaded = True
+            return self._previous_pack
+
+    def face_packs(self) -> dict[str, FacePack]:
+        """Every loaded pack by model version, the current one first."""
+        packs = {self.face_pack().model_version: self.face_pack()}
+        previous = self.previous_face_pack()
+        if previous is not None:
+            packs.setdefault(previous.model_version, previous)
+        return packs
+
     def face_pack(self) -> FacePack:
         with self._lock:
             if self._face_pack is None:
-                from workers.inference.face_pack import FacePack
-
-                started = time.perf_counter()
-                self._face_pack = FacePack.load(
-                    self.settings.face_pack_dir,
-                    det_size=self.settings.face_det_size,
-                    providers=self.settings.ort_providers,
+                self._face_pack = self._load_pack(
+                    self.settings.face_pack_dir, self.settings.face_pack_version, "face_pack"
                 )
-                self.model_load_seconds["face_pack"] = time.perf_counter() - started
                 log.info(
                     "face pack %s loaded in %.2fs (dim %d, providers %s)",
                     self._face_pack.model_version,

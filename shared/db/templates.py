@@ -256,3 +256,38 @@ def search_mean_templates(
         {"q": np.asarray(embedding, dtype=np.float32), "k": top_k, "ex": exclude_user},
     ).fetchall()
     return [SearchHit(user_id=str(r[1]), score=float(r[2]), template_id=r[0]) for r in rows]
+
+
+@dataclass(frozen=True)
+class VersionProgress:
+    model_version: str
+    model_name: str
+    embedding_dim: int
+    is_active: bool
+    users: int
+
+
+def migration_progress(conn: psycopg.Connection) -> tuple[int, list[VersionProgress]]:
+    """(users with any active template, per-version counts of users with active templates)."""
+    total = conn.execute("SELECT count(DISTINCT user_id) FROM templates WHERE is_active").fetchone()
+    rows = conn.execute(
+        "SELECT mv.model_version, mv.model_name, mv.embedding_dim, mv.is_active,"
+        " count(DISTINCT t.user_id) FROM model_versions mv"
+        " LEFT JOIN templates t ON t.model_version = mv.model_version AND t.is_active"
+        " GROUP BY mv.model_version, mv.model_name, mv.embedding_dim, mv.is_active, mv.created_at"
+        " ORDER BY mv.created_at"
+    ).fetchall()
+    return int(total[0]) if total else 0, [
+        VersionProgress(str(r[0]), str(r[1]), int(r[2]), bool(r[3]), int(r[4])) for r in rows
+    ]
+
+
+def users_missing_version(conn: psycopg.Connection, model_version: str) -> list[str]:
+    """Users with active templates of some other version but none of ``model_version``."""
+    rows = conn.execute(
+        "SELECT DISTINCT user_id FROM templates t WHERE is_active AND NOT EXISTS"
+        " (SELECT 1 FROM templates n WHERE n.user_id = t.user_id AND n.is_active"
+        "  AND n.model_version = %s) ORDER BY user_id",
+        (model_version,),
+    ).fetchall()
+    return [str(r[0]) for r in rows]

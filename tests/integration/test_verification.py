@@ -175,12 +175,12 @@ def test_calibration_cli_matches_direct_computation(
 ) -> None:
     from shared.cli import app
     from shared.config import get_settings
-    from shared.paths import test_face_pack_dir
+    from shared.paths import sample_face_pack_dir
     from workers.inference.face_pack import FacePack
 
     for key, value in {
         **live.endpoints.env(),
-        "FACEAUTH_FACE_PACK_DIR": str(test_face_pack_dir()),
+        "FACEAUTH_FACE_PACK_DIR": str(sample_face_pack_dir()),
     }.items():
         monkeypatch.setenv(key, value)
     get_settings.cache_clear()
@@ -201,7 +201,7 @@ def test_calibration_cli_matches_direct_computation(
     assert result.exit_code == 0, result.output
     report = json.loads(report_path.read_text())
 
-    pack = FacePack.load(test_face_pack_dir())
+    pack = FacePack.load(sample_face_pack_dir())
     import cv2
 
     emb: dict[str, list[np.ndarray]] = {}

@@ -13,6 +13,8 @@ InsightFace is imported inside functions so that importing this module (for
 
 from __future__ import annotations
 
+import copy
+
 import hashlib
 import logging
 import threading
@@ -208,6 +210,16 @@ class FacePack:
             pack.providers,
         )
         return pack
+
+    def relabelled(self, model_version: str) -> FacePack:
+        """The same loaded models under another ``model_version`` label (sessions shared).
+
+        For deployments that version models by release name rather than file hash, and for
+        migration drills that re-embed with the same weights under a new version.
+        """
+        clone = copy.copy(self)
+        clone._model_version = model_version
+        return clone
 
     # --- properties -----------------------------------------------------------------------
 

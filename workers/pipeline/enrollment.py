@@ -38,7 +38,7 @@ def _reject(
     )
 
 
-def _gate_failure(reports: list[ImageReport], timer: StageTimer) -> Outcome | None:
+def gate_failure(reports: list[ImageReport], timer: StageTimer) -> Outcome | None:
     failed = [r for r in reports if not r.passed]
     if not failed:
         return None
@@ -87,7 +87,7 @@ def enroll(request: EnrollRequest, ctx: JobContext) -> Outcome:
     reports, liveness = check_images(
         ctx.runtime, list(request.image_keys), liveness=request.liveness, timer=timer
     )
-    failure = _gate_failure(reports, timer)
+    failure = gate_failure(reports, timer)
     if failure is not None:
         return failure
 

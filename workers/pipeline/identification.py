@@ -25,10 +25,15 @@ from workers.pipeline.verification import decide, probe_failure_decision
 def identify(request: IdentifyRequest, ctx: JobContext) -> Outcome:
     started = time.perf_counter()
     rt = ctx.runtime
-    pack = rt.face_pack()
+    # 1:N searches the active model version's index (switched with `faceauth model
+    # activate`); during a migration that may still be the previous pack's version.
+    packs = rt.face_packs()
+    with rt.pool.connection() as conn:
+        active = template_repo.active_model_version(conn)
+    pack = packs.get(active or "", rt.face_pack())
     timer = StageTimer()
     (report,), liveness = check_images(
-        rt, [request.image_key], liveness=request.liveness, timer=timer
+        rt, [request.image_key], liveness=request.liveness, timer=timer, pack=pack
     )
     result: dict[str, Any] = {
         "model_name": pack.model_name,

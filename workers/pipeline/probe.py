@@ -20,7 +20,7 @@ from shared.errors import FaceauthError
 from shared.quality_codes import QualityReasonCode
 
 if TYPE_CHECKING:
-    from workers.inference.face_pack import DetectedFace
+    from workers.inference.face_pack import DetectedFace, FacePack
     from workers.runtime import WorkerRuntime
 
 SPOOF_REASON = "spoof_suspected"
@@ -63,12 +63,21 @@ class StageTimer:
 
 
 def check_images(
-    rt: WorkerRuntime, keys: list[str], *, liveness: bool, timer: StageTimer
+    rt: WorkerRuntime,
+    keys: list[str],
+    *,
+    liveness: bool,
+    timer: StageTimer,
+    pack: FacePack | None = None,
 ) -> tuple[list[ImageReport], dict[str, Any]]:
-    """Run the per-image gates on every key; return reports and a liveness summary."""
+    """Run the per-image gates on every key; return reports and a liveness summary.
+
+    ``pack`` defaults to the worker's current face pack; verification passes the pack of
+    the model version the user's templates were made with.
+    """
     from workers.inference.quality import QualityGate, assess_image
 
-    pack = rt.face_pack()
+    pack = pack or rt.face_pack()
     gate = QualityGate(rt.settings)
     reports: list[ImageReport] = []
     for key in keys:

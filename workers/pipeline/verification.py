@@ -9,7 +9,7 @@ score. Every decision is appended to the audit log without the embedding.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import psycopg
@@ -17,10 +17,14 @@ import psycopg
 from shared.db import templates as template_repo
 from shared.db.audit import append_audit
 from shared.db.calibrations import ActiveThresholds, active_thresholds
+from shared.db.templates import StoredTemplate
 from shared.errors import ErrorCode, FaceauthError
 from shared.schemas import VerifyRequest
 from workers.job_runner import JobContext, Outcome
 from workers.pipeline.probe import SPOOF_REASON, ImageReport, StageTimer, check_images
+
+if TYPE_CHECKING:
+    from workers.inference.face_pack import FacePack
 
 
 class Decision:
@@ -51,10 +55,32 @@ def probe_failure_decision(report: ImageReport) -> str | None:
     return Decision.LIVENESS_FAILED if SPOOF_REASON in codes else Decision.QUALITY_FAILED
 
 
+def choose_pack(
+    packs: dict[str, FacePack], templates: list[StoredTemplate], user_id: str
+) -> tuple[FacePack, list[StoredTemplate]]:
+    """The newest loaded model version the user has templates for.
+
+    During a migration the worker holds the new pack (first) and the old one: a user is
+    verified with the new version as soon as their re-embedded templates exist, and with
+    the old version until then.
+    """
+    for version, pack in packs.items():
+        mine = [t for t in templates if t.model_version == version]
+        if mine:
+            return pack, mine
+    enrolled = sorted({t.model_version for t in templates})
+    raise FaceauthError(
+        ErrorCode.MODEL_VERSION_MISMATCH,
+        f"user {user_id!r} is enrolled with {enrolled}, the worker runs {list(packs)};"
+        " re-embed the user first",
+        enrolled_versions=enrolled,
+        worker_versions=list(packs),
+    )
+
+
 def verify(request: VerifyRequest, ctx: JobContext) -> Outcome:
     started = time.perf_counter()
     rt = ctx.runtime
-    pack = rt.face_pack()
     with rt.pool.connection() as conn:
         if not template_repo.user_exists(conn, request.user_id):
             raise FaceauthError(
@@ -63,32 +89,23 @@ def verify(request: VerifyRequest, ctx: JobContext) -> Outcome:
                 user_id=request.user_id,
             )
         all_templates = template_repo.active_templates(conn, request.user_id)
+        if not all_templates:
+            raise FaceauthError(
+                ErrorCode.NO_TEMPLATES_FOR_MODEL,
+                f"user {request.user_id!r} has no active templates",
+                user_id=request.user_id,
+            )
+        pack, templates = choose_pack(rt.face_packs(), all_templates, request.user_id)
         thresholds = active_thresholds(
             conn,
             pack.model_version,
             default_low=rt.settings.verify_t_low,
             default_high=rt.settings.verify_t_high,
         )
-    if not all_templates:
-        raise FaceauthError(
-            ErrorCode.NO_TEMPLATES_FOR_MODEL,
-            f"user {request.user_id!r} has no active templates",
-            user_id=request.user_id,
-        )
-    templates = [t for t in all_templates if t.model_version == pack.model_version]
-    if not templates:
-        versions = sorted({t.model_version for t in all_templates})
-        raise FaceauthError(
-            ErrorCode.MODEL_VERSION_MISMATCH,
-            f"user {request.user_id!r} is enrolled with {versions}, the worker runs "
-            f"{pack.model_version!r}; re-embed the user first",
-            enrolled_versions=versions,
-            worker_version=pack.model_version,
-        )
 
     timer = StageTimer()
     (report,), liveness = check_images(
-        rt, [request.image_key], liveness=request.liveness, timer=timer
+        rt, [request.image_key], liveness=request.liveness, timer=timer, pack=pack
     )
     result: dict[str, Any] = {
         "user_id": request.user_id,

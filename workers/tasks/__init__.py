@@ -1,5 +1,21 @@
 """Celery tasks, one module per job kind. Importing this package registers them all."""
 
-from workers.tasks import enroll, inspect_image, verify
+from workers.tasks import (
+    delete_user,
+    enroll,
+    inspect_image,
+    quality_scan,
+    reembed,
+    retention,
+    verify,
+)
 
-__all__ = ["enroll", "inspect_image", "verify"]
+__all__ = [
+    "delete_user",
+    "enroll",
+    "inspect_image",
+    "quality_scan",
+    "reembed",
+    "retention",
+    "verify",
+]
