@@ -19,8 +19,9 @@ INFERENCE_TASKS = (
     TaskName.VERIFY,
     TaskName.IDENTIFY,
     TaskName.QUALITY_SCAN,
+    TaskName.REEMBED,
 )
-IO_TASKS = (TaskName.DELETE_USER,)
+IO_TASKS = (TaskName.DELETE_USER, TaskName.APPLY_RETENTION)
 
 
 def queue_for(task: TaskName, settings: Settings) -> str:

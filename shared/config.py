@@ -62,7 +62,16 @@ class Settings(BaseSettings):
     face_pack_dir: Path = Field(
         DEFAULT_FACE_PACK_DIR, description="InsightFace model pack (detector + recognizer)"
     )
+    face_pack_version: str | None = Field(
+        None, description="label stored as model_version instead of the file-hash version"
+    )
     face_det_size: int = Field(640, description="detector input side (SCRFD letterbox)")
+    previous_face_pack_dir: Path | None = Field(
+        None, description="during a model migration: the old pack, to verify not-yet-migrated users"
+    )
+    previous_face_pack_version: str | None = Field(
+        None, description="label of the old pack's model_version (if it was relabelled)"
+    )
     liveness_model_dir: Path | None = Field(
         None, description="folder with the deployed liveness ONNX file(s) and liveness.json"
     )
@@ -92,6 +101,14 @@ class Settings(BaseSettings):
     enroll_max_images: int = Field(3, description="most images in one enrollment")
     enroll_same_person_min_similarity: float = Field(
         0.3, description="every pair of enrollment images must be at least this similar"
+    )
+
+    # --- retention ----------------------------------------------------------------------------
+    source_image_retention_days: int = Field(
+        0,
+        ge=0,
+        description="delete source images of users who opted out of re-embedding after this"
+        " many days (0 = keep forever)",
     )
 
     # --- liveness -----------------------------------------------------------------------------

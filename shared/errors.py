@@ -30,6 +30,8 @@ class ErrorCode(StrEnum):
     UNKNOWN_USER = "unknown_user"
     NO_TEMPLATES_FOR_MODEL = "no_templates_for_model"
     MODEL_VERSION_MISMATCH = "model_version_mismatch"
+    # administration
+    USER_DELETED = "user_deleted"  # the job's user was erased before the job ran
     # calibration
     CALIBRATION_INSUFFICIENT_DATA = "calibration_insufficient_data"
     # models / infrastructure

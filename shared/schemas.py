@@ -34,6 +34,8 @@ class JobKind(StrEnum):
     IDENTIFY = "identify"
     QUALITY_SCAN = "quality_scan"
     DELETE_USER = "delete_user"
+    REEMBED = "reembed"
+    APPLY_RETENTION = "apply_retention"
 
 
 class JobStatus(StrEnum):
@@ -56,6 +58,8 @@ class TaskName(StrEnum):
     IDENTIFY = "faceauth.identify"
     QUALITY_SCAN = "faceauth.quality_scan"
     DELETE_USER = "faceauth.delete_user"
+    REEMBED = "faceauth.reembed"
+    APPLY_RETENTION = "faceauth.apply_retention"
 
 
 TASK_FOR_KIND: dict[JobKind, TaskName] = {
@@ -65,6 +69,8 @@ TASK_FOR_KIND: dict[JobKind, TaskName] = {
     JobKind.IDENTIFY: TaskName.IDENTIFY,
     JobKind.QUALITY_SCAN: TaskName.QUALITY_SCAN,
     JobKind.DELETE_USER: TaskName.DELETE_USER,
+    JobKind.REEMBED: TaskName.REEMBED,
+    JobKind.APPLY_RETENTION: TaskName.APPLY_RETENTION,
 }
 
 
@@ -130,11 +136,33 @@ class QualityScanRequest(JobRequest):
         return list(self.image_keys)
 
 
+class ReembedRequest(JobRequest):
+    """Re-embed a user's stored source images with the worker's current model version."""
+
+    user_id: str = Field(pattern=USER_ID_PATTERN)
+
+    def subject_user(self) -> str | None:
+        return self.user_id
+
+
 class DeleteUserRequest(JobRequest):
     user_id: str = Field(pattern=USER_ID_PATTERN)
 
     def subject_user(self) -> str | None:
         return self.user_id
+
+
+class RetentionRequest(JobRequest):
+    """Delete old source images of users who opted out of re-embedding, a page of users a job."""
+
+    older_than_days: int | None = Field(
+        None, ge=1, description="default: FACEAUTH_SOURCE_IMAGE_RETENTION_DAYS"
+    )
+    after_user: str | None = Field(
+        None, pattern=USER_ID_PATTERN, description="resume after this user id (paging)"
+    )
+    max_users: int = Field(500, ge=1, le=10_000)
+    dry_run: bool = False
 
 
 REQUEST_FOR_KIND: dict[JobKind, type[JobRequest]] = {
@@ -144,6 +172,8 @@ REQUEST_FOR_KIND: dict[JobKind, type[JobRequest]] = {
     JobKind.IDENTIFY: IdentifyRequest,
     JobKind.QUALITY_SCAN: QualityScanRequest,
     JobKind.DELETE_USER: DeleteUserRequest,
+    JobKind.REEMBED: ReembedRequest,
+    JobKind.APPLY_RETENTION: RetentionRequest,
 }
 
 

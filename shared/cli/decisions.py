@@ -26,7 +26,9 @@ def _print_decision(job: JobView, as_json: bool) -> None:
             f"T_low {th.get('t_low')}, T_high {th.get('t_high')} from {th.get('source')}"
         )
     for cand in result.get("candidates", []):
-        console.print(f"  #{cand['rank']} {cand['user_id']}: {cand['score']:.4f} {cand['decision']}")
+        console.print(
+            f"  #{cand['rank']} {cand['user_id']}: {cand['score']:.4f} {cand['decision']}"
+        )
     for reason in result.get("reasons", []):
         console.print(f"  - {reason.get('code')}: {reason.get('message', '')}")
 
@@ -114,7 +116,9 @@ def calibrate(
     result.write(report)
     table = Table("quantity", "value")
     table.add_row("model version", result.model_version)
-    table.add_row("genuine / impostor pairs", f"{len(result.genuine_scores)} / {len(result.impostor_scores)}")
+    table.add_row(
+        "genuine / impostor pairs", f"{len(result.genuine_scores)} / {len(result.impostor_scores)}"
+    )
     table.add_row("T_low (P99 impostor)", f"{result.t_low:.4f}")
     table.add_row("T_high (P10 genuine)", f"{result.t_high:.4f}")
     table.add_row("EER", f"{result.eer:.4f}")
