@@ -24,6 +24,7 @@ app.add_typer(model.app, name="model", help="Embedding model versions and migrat
 app.command("inspect")(jobs.inspect)
 app.command("enroll")(jobs.enroll)
 app.command("job")(jobs.show_job)
+app.command("export")(jobs.export)
 app.command("verify")(decisions.verify)
 app.command("identify")(decisions.identify)
 app.command("calibrate")(decisions.calibrate)

@@ -72,3 +72,24 @@ def show_job(
         console.print(f"no job {job_id}")
         raise typer.Exit(code=1)
     print_job(job, as_json=as_json)
+
+
+def export(
+    user_id: str = typer.Argument(..., help="user whose templates to export"),
+    out: Path = typer.Option(..., "--out", "-o", help="file ending in .json or .parquet"),
+    include_inactive: bool = typer.Option(False, help="also the replaced templates"),
+) -> None:
+    """Write a user's templates (embeddings as float lists, quality JSON) to JSON or Parquet."""
+    import psycopg
+
+    from shared.export import user_templates, write_json, write_parquet
+
+    if out.suffix not in (".json", ".parquet"):
+        raise typer.BadParameter("--out must end in .json or .parquet")
+    with psycopg.connect(get_settings().database_dsn()) as conn:
+        records = user_templates(conn, user_id, include_inactive=include_inactive)
+    if not records:
+        console.print(f"no templates for user {user_id!r}")
+        raise typer.Exit(code=1)
+    (write_json if out.suffix == ".json" else write_parquet)(records, out)
+    console.print(f"{len(records)} template(s) written to {out}")
