@@ -408,3 +408,25 @@ def test_cli_parses_options_and_refuses_missing_data(tmp_path: Path) -> None:
     assert refused.exit_code != 0
     assert "data folder or a CSV manifest" in refused.output
     assert not (tmp_path / "o").exists()
+
+
+def test_exported_model_scores_in_the_worker_stage(run: tuple[TrainConfig, TrainResult]) -> None:
+    """The training job's output folder is a deployable FACEAUTH_LIVENESS_MODEL_DIR."""
+    import cv2
+
+    from shared.paths import faces_dir, sample_face_pack_dir
+    from workers.inference.face_pack import FacePack
+    from workers.inference.liveness import LivenessScorer
+
+    _, result = run
+    scorer = LivenessScorer.load(result.onnx_path.parent)
+    assert scorer.name and scorer.version.startswith("test-run")
+    pack = FacePack.load(sample_face_pack_dir())
+    items = []
+    for path in sorted((faces_dir() / "pad").glob("*/*.jpg")):
+        image = cv2.imread(str(path))
+        items.append((image, pack.detect(image)[0].bbox))
+    scores = scorer.score_many(items)
+    assert len(scores) == len(items)
+    assert all(0.0 <= s.spoof_score <= 1.0 for s in scores)
+    assert all(s.model_version == scorer.version for s in scores)
