@@ -35,10 +35,12 @@ def worker_env() -> dict[str, str]:
 
 
 def settings_for(endpoints: StackEndpoints, **overrides: Any) -> Settings:
-    env = {k.removeprefix("FACEAUTH_").lower(): v for k, v in endpoints.env().items()}
-    env.update({k.removeprefix("FACEAUTH_").lower(): v for k, v in worker_env().items()})
-    env.update(overrides)
-    return Settings(**env)
+    values: dict[str, Any] = {
+        k.removeprefix("FACEAUTH_").lower(): v
+        for k, v in {**endpoints.env(), **worker_env()}.items()
+    }
+    values.update(overrides)
+    return Settings.model_validate(values)
 
 
 @dataclass
@@ -75,11 +77,11 @@ def run_demo_jobs(settings: Settings, *, timeout: float = 120.0) -> DemoReport:
         report.enrolled[name] = str(job.status)
         err = job.error["code"] if job.error else ""
         console.print(f"enroll {name:<16} {job.status:<10} {err}")
-    verify = getattr(client, "submit_verification", None)
     for name, photos in gallery.items():
         probe = photos[-1]
         for claimed in gallery:
-            job = client.wait(verify(claimed, probe.read_bytes()), timeout=timeout)
+            job_id = client.submit_verification(claimed, probe.read_bytes())
+            job = client.wait(job_id, timeout=timeout)
             result = job.result or {}
             report.rows.append(
                 {

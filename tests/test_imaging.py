@@ -19,7 +19,8 @@ LIMITS = {"max_bytes": 15 * 1024 * 1024, "max_pixels": 40_000_000}
 def test_decodes_real_jpeg_and_png(faces: Path) -> None:
     jpeg = decode_image((faces / "identities" / "obama" / "obama.jpg").read_bytes(), **LIMITS)
     assert jpeg.format == "jpeg" and jpeg.pixels.ndim == 3 and jpeg.pixels.shape[2] == 3
-    png = decode_image((faces / "identities" / "alex_lacamoire" / "img2.png").read_bytes(), **LIMITS)
+    png_bytes = (faces / "identities" / "alex_lacamoire" / "img2.png").read_bytes()
+    png = decode_image(png_bytes, **LIMITS)
     assert png.format == "png" and png.pixels.shape[:2] == (png.height, png.width)
 
 
@@ -46,7 +47,8 @@ def test_rejections_have_stable_codes(faces: Path) -> None:
 def test_pixel_bomb_is_refused_from_the_header() -> None:
     ihdr = struct.pack(">IIBBBBB", 50_000, 50_000, 8, 2, 0, 0, 0)
     chunk = b"IHDR" + ihdr
-    data = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    crc = struct.pack(">I", zlib.crc32(chunk))
+    data = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + crc
     with pytest.raises(FaceauthError) as info:
         decode_image(data, **LIMITS)
     assert info.value.code is ErrorCode.IMAGE_TOO_MANY_PIXELS

@@ -8,6 +8,7 @@ in FACEAUTH_PREVIOUS_FACE_PACK_DIR, run ``faceauth model reembed`` (progress wit
 from __future__ import annotations
 
 import time
+from uuid import UUID
 
 import psycopg
 import typer
@@ -92,7 +93,7 @@ def reembed_all(target: str, max_in_flight: int, timeout: float) -> dict[str, in
     with psycopg.connect(settings.database_dsn()) as conn:
         todo = template_repo.users_missing_version(conn, target)
     outcome = {"reembedded": 0, "already_current": 0, "failed": 0}
-    pending: dict[str, str] = {}
+    pending: dict[UUID, str] = {}
     deadline = time.monotonic() + timeout
     bar = tqdm(total=len(todo), desc=f"re-embed to {target}", unit="user")
     queue = list(todo)
@@ -100,12 +101,10 @@ def reembed_all(target: str, max_in_flight: int, timeout: float) -> dict[str, in
         while queue and len(pending) < max_in_flight:
             user = queue.pop(0)
             job_id = client.submit_reembed(user, idempotency_key=f"reembed:{target}:{user}")
-            pending[str(job_id)] = user
+            pending[job_id] = user
         with get_pool(settings).connection() as conn:
-            from uuid import UUID
-
             for job_id in list(pending):
-                job = get_job(conn, UUID(job_id))
+                job = get_job(conn, job_id)
                 if job is None or not job.status.finished:
                     continue
                 status = (job.result or {}).get("status") if job.status == "succeeded" else None

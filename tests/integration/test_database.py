@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from uuid import uuid4
 
 import numpy as np
@@ -81,7 +82,7 @@ def test_hnsw_index_per_model_version_is_used(live: LiveStack) -> None:
             assert conn.execute("SHOW enable_indexscan").fetchone() == ("off",)
         assert conn.execute("SHOW enable_indexscan").fetchone() == ("on",)  # SET LOCAL only
         assert [h.user_id for h in hnsw][:3] == [h.user_id for h in exact][:3]
-        assert all(a.score >= b.score for a, b in zip(exact, exact[1:], strict=False))
+        assert all(a.score >= b.score for a, b in itertools.pairwise(exact))
         with conn.transaction():
             conn.execute("SET LOCAL enable_seqscan = off")
             plan = "\n".join(

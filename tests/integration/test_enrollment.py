@@ -54,7 +54,8 @@ def test_each_person_enrolls(live: LiveStack, faces: Path, person: str) -> None:
     assert result["liveness"]["checked"] is True
     rows = live.sql(
         "SELECT is_mean_template, model_name, model_version, vector_dims(embedding),"
-        " quality ? 'blur', source_image_key IS NOT NULL, round((embedding <#> embedding)::numeric, 3)"
+        " quality ? 'blur', source_image_key IS NOT NULL,"
+        " round((embedding <#> embedding)::numeric, 3)"
         " FROM templates WHERE user_id = %s AND is_active ORDER BY is_mean_template",
         user,
     )
@@ -73,7 +74,8 @@ def test_reenrollment_replaces_and_keeps_old_inactive(live: LiveStack, faces: Pa
     assert enroll(live, user, [first.read_bytes()]).status == "succeeded"
     assert enroll(live, user, [second.read_bytes()]).status == "succeeded"
     rows = live.sql(
-        "SELECT is_active, count(*) FROM templates WHERE user_id = %s GROUP BY is_active ORDER BY 1",
+        "SELECT is_active, count(*) FROM templates WHERE user_id = %s"
+        " GROUP BY is_active ORDER BY 1",
         user,
     )
     assert rows == [(False, 2), (True, 2)]

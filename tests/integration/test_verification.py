@@ -228,7 +228,8 @@ def test_calibration_cli_matches_direct_computation(
     assert (plots / "det_curve.png").stat().st_size > 1000
     # The activated calibration is what verification now uses, and it says so.
     active = live.sql(
-        "SELECT calibration_id::text, t_low, t_high FROM calibrations WHERE model_version = %s AND is_active",
+        "SELECT calibration_id::text, t_low, t_high FROM calibrations"
+        " WHERE model_version = %s AND is_active",
         pack.model_version,
     )
     assert len(active) == 1

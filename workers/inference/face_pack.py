@@ -14,7 +14,6 @@ InsightFace is imported inside functions so that importing this module (for
 from __future__ import annotations
 
 import copy
-
 import hashlib
 import logging
 import threading

@@ -93,7 +93,7 @@ def enroll(request: EnrollRequest, ctx: JobContext) -> Outcome:
 
     pack = ctx.runtime.face_pack()
     t = time.perf_counter()
-    embeddings = pack.embed([(r.pixels, r.face.kps) for r in reports])  # type: ignore[union-attr]
+    embeddings = pack.embed([r.embed_input() for r in reports])
     timer.add("align_embed", t)
 
     pair_scores = [

@@ -49,7 +49,7 @@ def identify(request: IdentifyRequest, ctx: JobContext) -> Outcome:
         return Outcome(result=result, stage_seconds=timer.seconds)
 
     t = time.perf_counter()
-    probe = pack.embed([(report.pixels, report.face.kps)])[0]  # type: ignore[union-attr]
+    probe = pack.embed([report.embed_input()])[0]
     timer.add("align_embed", t)
     t = time.perf_counter()
     with rt.pool.connection() as conn:
@@ -59,13 +59,12 @@ def identify(request: IdentifyRequest, ctx: JobContext) -> Outcome:
             default_low=rt.settings.verify_t_low,
             default_high=rt.settings.verify_t_high,
         )
-        n_enrolled = int(
-            conn.execute(
-                "SELECT count(*) FROM templates WHERE model_version = %s AND is_active"
-                " AND is_mean_template",
-                (pack.model_version,),
-            ).fetchone()[0]  # type: ignore[index]
-        )
+        count_row = conn.execute(
+            "SELECT count(*) FROM templates WHERE model_version = %s AND is_active"
+            " AND is_mean_template",
+            (pack.model_version,),
+        ).fetchone()
+        n_enrolled = int(count_row[0]) if count_row else 0
         search = "hnsw"
         with conn.transaction():
             hits = template_repo.search_mean_templates(

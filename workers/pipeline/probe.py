@@ -39,6 +39,17 @@ class ImageReport:
     pixels: npt.NDArray[np.uint8] | None = None
     face: DetectedFace | None = None
 
+    def embed_input(self) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32]]:
+        """(pixels, 5-point landmarks) of the one usable face, for alignment and embedding."""
+        if self.pixels is None or self.face is None:
+            raise RuntimeError(f"{self.image_key}: no usable face to embed")
+        return self.pixels, self.face.kps
+
+    def face_bbox(self) -> tuple[float, float, float, float]:
+        if self.face is None:
+            raise RuntimeError(f"{self.image_key}: no usable face")
+        return self.face.bbox
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "image_key": self.image_key,
@@ -120,7 +131,8 @@ def _score_liveness(
     threshold = rt.settings.liveness_threshold
     todo = [r for r in reports if r.face is not None and r.pixels is not None]
     t = time.perf_counter()
-    scores = scorer.score_many([(r.pixels, r.face.bbox) for r in todo]) if todo else []  # type: ignore[union-attr]
+    items = [(r.embed_input()[0], r.face_bbox()) for r in todo]
+    scores = scorer.score_many(items) if items else []
     timer.add("liveness", t)
     for report, score in zip(todo, scores, strict=True):
         report.liveness = {

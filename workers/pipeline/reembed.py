@@ -53,7 +53,7 @@ def reembed(request: ReembedRequest, ctx: JobContext) -> Outcome:
     if failure is not None:
         return failure
     t = time.perf_counter()
-    embeddings = pack.embed([(r.pixels, r.face.kps) for r in reports])  # type: ignore[union-attr]
+    embeddings = pack.embed([r.embed_input() for r in reports])
     timer.add("align_embed", t)
     mean = l2_normalise(embeddings.mean(axis=0))
     new = [

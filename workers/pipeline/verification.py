@@ -118,7 +118,7 @@ def verify(request: VerifyRequest, ctx: JobContext) -> Outcome:
     decision = probe_failure_decision(report)
     if decision is None:
         t = time.perf_counter()
-        probe = pack.embed([(report.pixels, report.face.kps)])[0]  # type: ignore[union-attr]
+        probe = pack.embed([report.embed_input()])[0]
         timer.add("align_embed", t)
         mean = next((t for t in templates if t.is_mean_template), None)
         singles = [t for t in templates if not t.is_mean_template]
