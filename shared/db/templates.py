@@ -235,12 +235,10 @@ def search_mean_templates(
 ) -> list[SearchHit]:
     """Top-k users by cosine similarity of their active mean template (HNSW or exact).
 
-    Must run inside a transaction: ``SET LOCAL`` scopes ef_search (and, for exact
-    search, disabling index scans) to this query only.
+    ef_search (and, for exact search, disabling index scans) is set for this query only:
+    ``SET LOCAL`` followed by ``RESET``, so the settings neither outlive the query inside
+    a caller's larger transaction nor leak to the next user of a pooled connection.
     """
-    conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(int(ef_search))))
-    if exact:
-        conn.execute("SET LOCAL enable_indexscan = off")
     vt = _vector_type(embedding_dim)
     query = sql.SQL(
         "SELECT template_id, user_id, 1 - (embedding::{vt} <=> %(q)s::{vt}) AS score"
@@ -251,10 +249,17 @@ def search_mean_templates(
         mv=sql.Literal(model_version),
         exclude=sql.SQL("AND user_id <> %(ex)s") if exclude_user else sql.SQL(""),
     )
-    rows = conn.execute(
-        query,
-        {"q": np.asarray(embedding, dtype=np.float32), "k": top_k, "ex": exclude_user},
-    ).fetchall()
+    with conn.transaction():
+        conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(int(ef_search))))
+        if exact:
+            conn.execute("SET LOCAL enable_indexscan = off")
+        rows = conn.execute(
+            query,
+            {"q": np.asarray(embedding, dtype=np.float32), "k": top_k, "ex": exclude_user},
+        ).fetchall()
+        # (On an error the block rolls back, which undoes the SET LOCALs as well.)
+        conn.execute("RESET hnsw.ef_search")
+        conn.execute("RESET enable_indexscan")
     return [SearchHit(user_id=str(r[1]), score=float(r[2]), template_id=r[0]) for r in rows]
 
 
