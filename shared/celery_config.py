@@ -48,7 +48,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_soft_time_limit": max(settings.task_time_limit_s - 15, 1),
         "result_expires": 24 * 3600,
         "broker_connection_retry_on_startup": True,
-        "broker_transport_options": {"visibility_timeout": settings.broker_visibility_timeout_s},
+        # Messages of a worker that died (not just its pool child) come back after the
+        # visibility timeout; the sweep that finds them runs every few seconds (kombu's
+        # default is every ~100 s, which would leave such a job waiting needlessly).
+        "broker_transport_options": {
+            "visibility_timeout": settings.broker_visibility_timeout_s,
+            "unacked_restore_interval": max(1, min(10, settings.broker_visibility_timeout_s // 5)),
+            "unacked_restore_throttle": 1,
+        },
         "result_backend_transport_options": {"retry_policy": {"timeout": 5.0}},
         "worker_send_task_events": True,
         "task_send_sent_event": True,
