@@ -23,6 +23,11 @@ def print_job(job: JobView, *, as_json: bool) -> None:
     if job.error:
         console.print(f"  error [bold]{job.error['code']}[/]: {job.error['message']}")
     result = job.result or {}
+    if "face_count" in result:
+        console.print(
+            f"  {result['width']}x{result['height']} {result['format']},"
+            f" {result['face_count']} face(s)"
+        )
     images = result.get("images") or result.get("details", {}).get("images")
     if images:
         print_image_verdicts(images)
