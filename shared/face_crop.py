@@ -13,12 +13,26 @@ import numpy as np
 import numpy.typing as npt
 
 BBox = Sequence[float]  # x1, y1, x2, y2 in pixels
+Shift = tuple[float, float]  # dx, dy as fractions of the (squared) box width and height
+
+NO_SHIFT: Shift = (0.0, 0.0)
 
 
 def scaled_box(
-    image_w: int, image_h: int, bbox: BBox, scale: float, *, square: bool
+    image_w: int,
+    image_h: int,
+    bbox: BBox,
+    scale: float,
+    *,
+    square: bool,
+    shift: Shift = NO_SHIFT,
 ) -> tuple[int, int, int, int]:
     """Grow ``bbox`` about its centre by ``scale``, then shift (not shrink) it inside the image.
+
+    ``shift`` first moves the centre by ``shift[0]`` box widths and ``shift[1]`` box heights
+    (of the box after squaring, before scaling). It lets a model trained on one detector's
+    boxes be fed the same pixels from another detector whose boxes sit elsewhere on the face
+    (SCRFD's box reaches higher up the forehead than MediaPipe's, see training/liveness).
 
     This follows Silent-Face-Anti-Spoofing's ``CropImage._get_new_box``: the box keeps its
     size where it can and is slid back inside the frame, because padding with black would
@@ -29,7 +43,8 @@ def scaled_box(
     box_w, box_h = max(x2 - x1, 1.0), max(y2 - y1, 1.0)
     if square:
         box_w = box_h = max(box_w, box_h)
-    cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
+    cx = (x1 + x2) / 2.0 + float(shift[0]) * box_w
+    cy = (y1 + y2) / 2.0 + float(shift[1]) * box_h
     scale = min((image_h - 1) / box_h, (image_w - 1) / box_w, scale)
     new_w, new_h = box_w * scale, box_h * scale
     left, top = cx - new_w / 2.0, cy - new_h / 2.0
@@ -56,10 +71,14 @@ def crop_face(
     out_size: tuple[int, int],
     *,
     square: bool,
+    shift: Shift = NO_SHIFT,
 ) -> npt.NDArray[np.uint8]:
-    """Crop the scaled box and resize it to ``out_size`` = (width, height); colour order kept."""
+    """Crop the scaled box and resize it to ``out_size`` = (width, height); colour order kept.
+
+    ``shift`` moves the box centre before scaling (see ``scaled_box``); the default is none.
+    """
     h, w = image.shape[:2]
-    left, top, right, bottom = scaled_box(w, h, bbox, scale, square=square)
+    left, top, right, bottom = scaled_box(w, h, bbox, scale, square=square, shift=shift)
     patch = image[top : bottom + 1, left : right + 1]
     if patch.size == 0:
         raise ValueError("face box lies outside the image")

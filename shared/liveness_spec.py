@@ -18,11 +18,20 @@ Resolution order for a folder (``LivenessSpec.load``):
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+)
 
 from shared.errors import ErrorCode, ModelLoadError
 
@@ -33,6 +42,10 @@ SPEC_FILENAME = "liveness.json"
 ONNX_METADATA_KEY = "faceauth_liveness"
 
 Channels = tuple[float, float, float]
+Shift = tuple[float, float]
+
+# A crop centre moved by more than one face box is no longer a crop of that face.
+MAX_CROP_SHIFT = 1.0
 
 
 class LivenessMember(BaseModel):
@@ -43,6 +56,11 @@ class LivenessMember(BaseModel):
     file: str = Field(description="ONNX file name inside the model folder (no directories)")
     crop_scale: float = Field(gt=0, description="context crop: face box grown by this factor")
     square: bool = Field(default=False, description="make the face box square before scaling")
+    crop_shift: Shift = Field(
+        default=(0.0, 0.0),
+        description="box centre moved by (dx, dy) box sides before scaling: maps the serving "
+        "detector's box onto the box the model was trained on",
+    )
     input_width: int = Field(gt=0)
     input_height: int = Field(gt=0)
     color_order: Literal["BGR", "RGB"]
@@ -66,6 +84,23 @@ class LivenessMember(BaseModel):
         if any(v <= 0 for v in value):
             raise ValueError(f"std values must be positive, got {value}")
         return value
+
+    @field_validator("crop_shift")
+    @classmethod
+    def _small_finite_shift(cls, value: Shift) -> Shift:
+        if not all(math.isfinite(v) and abs(v) <= MAX_CROP_SHIFT for v in value):
+            raise ValueError(f"crop_shift values must be finite and within +-1, got {value}")
+        return value
+
+    @model_serializer(mode="wrap")
+    def _omit_zero_shift(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # A member without a shift serialises exactly as before the field existed, so such a
+        # spec still loads in workers that predate it; a shifted one is refused there
+        # (extra="forbid") rather than silently cropped in the wrong place.
+        data = handler(self)
+        if isinstance(data, dict) and self.crop_shift == (0.0, 0.0):
+            data.pop("crop_shift", None)
+        return data
 
 
 class LivenessSpec(BaseModel):

@@ -27,7 +27,16 @@ import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
-from shared.liveness_spec import ONNX_METADATA_KEY, LivenessSpec  # noqa: E402
+from shared.face_crop import crop_face, scaled_box  # noqa: E402
+from shared.liveness_spec import ONNX_METADATA_KEY, LivenessMember, LivenessSpec  # noqa: E402
+from training.liveness.calibration import (  # noqa: E402
+    BoxMatch,
+    FacePackBoxDetector,
+    calibrate,
+    iou,
+    match_box,
+    serving_crop,
+)
 from training.liveness.config import TrainConfig, TrainResult  # noqa: E402
 from training.liveness.data import (  # noqa: E402
     LIVE,
@@ -54,6 +63,8 @@ from training.liveness.preprocess import (  # noqa: E402
     REASON_UNREADABLE,
     CropParams,
     Detection,
+    MediaPipeFaceDetector,
+    choose_face,
     preprocess,
 )
 from training.liveness.train import EarlyStopping, train_liveness  # noqa: E402
@@ -102,7 +113,14 @@ def dataset(tmp_path_factory: pytest.TempPathFactory, faces: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def run(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainConfig, TrainResult]:
+def serving_pack(assets: Path) -> Path:
+    return assets / "models" / "facepack-test"
+
+
+@pytest.fixture(scope="module")
+def run(
+    dataset: Path, serving_pack: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[TrainConfig, TrainResult]:
     config = TrainConfig(
         out_dir=tmp_path_factory.mktemp("liveness_run"),
         data_dir=dataset,
@@ -115,6 +133,7 @@ def run(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainC
         test_fraction=0.25,
         device="cpu",
         version="test-run",
+        serving_face_pack=serving_pack,
     )
     return config, train_liveness(config)
 
@@ -139,10 +158,20 @@ def test_run_reports_unusable_images(run: tuple[TrainConfig, TrainResult]) -> No
     assert result.counts["n_unusable"] == 3
 
 
+class _CachedServingOnly:
+    """The run's serving detector identity, but detecting is a test failure."""
+
+    def __init__(self, real: FacePackBoxDetector) -> None:
+        self.version, self.cache_tag = real.version, real.cache_tag
+
+    def boxes(self, image_bgr: np.ndarray) -> list[tuple[float, float, float, float]]:
+        raise AssertionError("a cached serving box was measured again")
+
+
 def test_crop_cache_is_hit_on_second_run(
-    run: tuple[TrainConfig, TrainResult], dataset: Path
+    run: tuple[TrainConfig, TrainResult], dataset: Path, serving_pack: Path
 ) -> None:
-    config, _ = run
+    config, result = run
     samples = assign_splits(scan_folder(dataset), 0.25, 0.25)
     params = CropParams(
         config.crop_scale, config.input_size, config.detector, config.min_detection_confidence
@@ -151,11 +180,25 @@ def test_crop_cache_is_hit_on_second_run(
     def must_not_detect(image: np.ndarray) -> list[Detection]:
         raise AssertionError("a cached image was detected again")
 
-    again = preprocess(samples, params, config.resolved_cache_dir, must_not_detect, progress=False)
+    serving = _CachedServingOnly(FacePackBoxDetector.load(serving_pack))
+    again = preprocess(
+        samples,
+        params,
+        config.resolved_cache_dir,
+        must_not_detect,
+        serving=serving,
+        progress=False,
+    )
     hashed = [s for s in samples if s.content_hash is not None]
     assert again.cache_hits == len(hashed) == len(samples)
     assert again.cache_misses == 0
     assert len(again.usable) == 28 and len(again.unusable) == 3
+    # Every usable face's serving box comes from the cache and gives the run's calibration.
+    assert (again.box_cache_hits, again.box_cache_misses) == (28, 0)
+    assert len(again.box_matches) + again.box_unmatched == 28
+    recorded = LivenessSpec.load(result.onnx_path.parent).training["box_calibration"]
+    assert len(again.box_matches) == recorded["n_faces"]
+    assert again.box_unmatched == recorded["n_unmatched"]
     crop = cv2.imread(str(again.usable[0].crop_path), cv2.IMREAD_COLOR)
     assert crop is not None and crop.shape == (INPUT_SIZE, INPUT_SIZE, 3)
     # A different crop parameter must not reuse those crops.
@@ -240,7 +283,7 @@ def test_exported_model_folder(run: tuple[TrainConfig, TrainResult], tmp_path: P
     )
     assert (member.input_width, member.input_height) == (INPUT_SIZE, INPUT_SIZE)
     assert member.color_order == "RGB" and member.live_class_index == 0
-    assert member.crop_scale == 1.6 and member.square is True
+    assert member.square is True  # crop_scale: see test_export_calibrates_the_serving_crop
     assert member.pixel_scale == pytest.approx(1 / 255)
     assert member.mean == pytest.approx((0.485, 0.456, 0.406))
     assert spec.training["data"]["n_unusable"] == 3
@@ -402,6 +445,8 @@ def test_cli_parses_options_and_refuses_missing_data(tmp_path: Path) -> None:
         "--imagenet-weights",
         "--manifest",
         "--seed",
+        "--serving-face-pack",
+        "--no-serving-face-pack",
     ):
         assert option in helped.output, option
     refused = runner.invoke(app, ["liveness", "--out", str(tmp_path / "o")], env=wide)
@@ -430,3 +475,149 @@ def test_exported_model_scores_in_the_worker_stage(run: tuple[TrainConfig, Train
     assert len(scores) == len(items)
     assert all(0.0 <= s.spoof_score <= 1.0 for s in scores)
     assert all(s.model_version == scorer.version for s in scores)
+
+
+# --- serving crop calibration (SCRFD boxes at serving, MediaPipe boxes in training) -----------
+
+
+def test_export_calibrates_the_serving_crop(
+    run: tuple[TrainConfig, TrainResult], serving_pack: Path
+) -> None:
+    config, result = run
+    spec = LivenessSpec.load(result.onnx_path.parent)
+    member = spec.members[0]
+    cal = spec.training["box_calibration"]
+    assert cal["serving_detector"] == FacePackBoxDetector.load(serving_pack).version
+    assert cal["serving_detector"].startswith("facepack-test:det_500m=")
+    assert cal["train_detector"] == "mediapipe-blazeface-auto"
+    assert spec.training["crop_scale"] == cal["train_crop_scale"] == config.crop_scale == 1.6
+    # 28 usable faces; SCRFD finds nearly all of them (a blurred screen re-shot may slip).
+    assert 20 <= cal["n_faces"] <= 28 and cal["n_faces"] + cal["n_unmatched"] == 28
+    # SCRFD's square box is 1.08-1.41x MediaPipe's on these photos, and sits higher.
+    assert 1.0 < cal["p10_ratio"] <= cal["median_ratio"] <= cal["p90_ratio"] < 1.5
+    assert -0.05 < cal["median_shift"][0] < 0.05 and -0.2 < cal["median_shift"][1] < -0.05
+    assert member.crop_scale == pytest.approx(1.6 / cal["median_ratio"], abs=1e-6)
+    assert 1.0 < member.crop_scale < 1.6
+    assert cal["serving_crop_scale"] == member.crop_scale
+    assert list(member.crop_shift) == cal["serving_crop_shift"]
+    # Down the face (the SCRFD centre is above MediaPipe's), by a fraction of the box.
+    assert abs(member.crop_shift[0]) < 0.05 and 0.03 < member.crop_shift[1] < 0.15
+    assert cal["median_crop_iou"] > 0.85 > cal["median_crop_iou_uncalibrated"]
+    doc = json.loads(result.spec_path.read_text())
+    assert doc["members"][0]["crop_shift"] == cal["serving_crop_shift"]
+
+
+def _mediapipe_box(image_bgr: np.ndarray) -> tuple[float, float, float, float]:
+    h, w = image_bgr.shape[:2]
+    with MediaPipeFaceDetector("auto", 0.5) as detector:
+        chosen = choose_face(detector.detect(np.ascontiguousarray(image_bgr[..., ::-1])), w, h)
+    assert not isinstance(chosen, str), chosen
+    return chosen.box
+
+
+def test_calibrated_serving_crop_shows_the_training_crop(
+    run: tuple[TrainConfig, TrainResult], faces: Path, serving_pack: Path
+) -> None:
+    """On a real photo, the exported crop around SCRFD's box covers the training crop."""
+    from workers.inference.face_pack import FacePack
+    from workers.inference.liveness import prepare_batch
+
+    config, result = run
+    member = LivenessSpec.load(result.onnx_path.parent).members[0]
+    pixels = cv2.imread(str(faces / "identities" / "obama" / "obama.jpg"), cv2.IMREAD_COLOR)
+    assert pixels is not None
+    image = np.asarray(pixels, dtype=np.uint8)
+    h, w = image.shape[:2]
+    train_box = _mediapipe_box(image)
+    scrfd_box = FacePack.load(serving_pack).detect(image)[0].bbox
+
+    trained_on = scaled_box(w, h, train_box, config.crop_scale, square=True)
+    calibrated = scaled_box(
+        w, h, scrfd_box, member.crop_scale, square=True, shift=member.crop_shift
+    )
+    uncalibrated = scaled_box(w, h, scrfd_box, config.crop_scale, square=True)
+    calibrated_iou, uncalibrated_iou = iou(trained_on, calibrated), iou(trained_on, uncalibrated)
+    assert calibrated_iou > 0.8
+    assert uncalibrated_iou < 0.7 and calibrated_iou > uncalibrated_iou + 0.15
+
+    # The same, pixel for pixel: the calibrated serving crop looks like the training crop.
+    size = (INPUT_SIZE, INPUT_SIZE)
+    seen = crop_face(image, train_box, config.crop_scale, size, square=True).astype(np.float32)
+    served = crop_face(
+        image, scrfd_box, member.crop_scale, size, square=True, shift=member.crop_shift
+    )
+    plain = crop_face(image, scrfd_box, config.crop_scale, size, square=True)
+    assert np.abs(served - seen).mean() < 0.6 * np.abs(plain - seen).mean()
+    # And the workers' stage feeds the model exactly that crop (shift included).
+    batch = prepare_batch(member, [image], [scrfd_box])
+    assert np.allclose(batch, normalise_bgr_batch(served[np.newaxis]), atol=1e-5)
+
+
+def test_box_matching_and_calibration_by_hand(caplog: pytest.LogCaptureFixture) -> None:
+    train = (100.0, 100.0, 200.0, 200.0)  # side 100, centre (150, 150)
+    # Side 125 (ratio 1.25), centre (150, 140): 0.1 training sides higher.
+    serving = (87.5, 77.5, 212.5, 202.5)
+    elsewhere = (400.0, 100.0, 530.0, 230.0)  # bigger, but another face
+    match = match_box(train, [elsewhere, serving])
+    assert match is not None
+    assert (match.ratio, match.dx, match.dy) == pytest.approx((1.25, 0.0, -0.1))
+    assert match.serving_shift == pytest.approx((0.0, 0.08))
+    assert match_box(train, [elsewhere]) is None and match_box(train, []) is None
+
+    matches = [BoxMatch(r, 0.0, -0.1, 0.7) for r in (1.1, 1.2, 1.25, 1.3, 1.4)]
+    cal = calibrate(
+        matches,
+        n_unmatched=2,
+        train_crop_scale=1.6,
+        serving_detector="pack:det=1",
+        train_detector="mediapipe-blazeface-short",
+        serving_det_size=640,
+    )
+    assert cal is not None
+    assert cal.median_ratio == 1.25 and cal.serving_crop_scale == pytest.approx(1.28)
+    assert cal.p10_ratio == pytest.approx(1.14) and cal.p90_ratio == pytest.approx(1.36)
+    assert cal.serving_crop_shift == pytest.approx((0.0, 0.08))  # median of 0.1 / r
+    assert cal.median_shift == pytest.approx((0.0, -0.1))
+    # Exact for the median face (r = 1.25), close for the others; the training scale shows
+    # the median face 1.25**2 times the area.
+    assert 0.9 < cal.median_crop_iou < 1.0
+    assert cal.median_crop_iou_uncalibrated == pytest.approx(1.6**2 / 2.0**2, abs=0.05)
+    assert cal.to_dict()["n_faces"] == 5 and cal.to_dict()["median_shift"] == [0.0, -0.1]
+
+    assert "only 5 face(s)" in caplog.text  # a median of five is flagged as rough
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="training.liveness.calibration"):
+        assert serving_crop(1.6, cal) == (cal.serving_crop_scale, cal.serving_crop_shift)
+        assert not caplog.records
+        assert serving_crop(1.6, None) == (1.6, (0.0, 0.0))
+    assert "serving crop may differ" in caplog.text
+
+
+def test_crop_shift_moves_the_box_and_defaults_to_none() -> None:
+    box = (100.0, 100.0, 200.0, 180.0)  # 100 x 80, squared to 100, centre (150, 140)
+    assert scaled_box(1000, 1000, box, 2.0, square=True) == (50, 40, 250, 240)
+    assert scaled_box(1000, 1000, box, 2.0, square=True, shift=(0.0, 0.0)) == (50, 40, 250, 240)
+    # Shifted by a fraction of the squared side (100 px), before the growth.
+    assert scaled_box(1000, 1000, box, 2.0, square=True, shift=(-0.1, 0.25)) == (40, 65, 240, 265)
+    # Not square: each axis moves by its own side; still slid back inside the frame.
+    assert scaled_box(1000, 1000, box, 1.0, square=False, shift=(0.5, -0.5)) == (150, 60, 250, 140)
+    assert scaled_box(300, 300, box, 2.0, square=True, shift=(1.0, 0.0)) == (99, 40, 299, 240)
+
+    member = LivenessMember(
+        file="m.onnx",
+        crop_scale=1.3,
+        square=True,
+        input_width=8,
+        input_height=8,
+        color_order="RGB",
+        live_class_index=0,
+    )
+    assert member.crop_shift == (0.0, 0.0)
+    assert "crop_shift" not in json.loads(member.model_dump_json())  # old workers still load it
+    shifted = member.model_copy(update={"crop_shift": (0.01, 0.08)})
+    spec = LivenessSpec(name="n", version="v", members=(shifted,))
+    assert json.loads(spec.to_json())["members"][0]["crop_shift"] == [0.01, 0.08]
+    assert LivenessSpec.from_json(spec.to_json(), source="test") == spec
+    bad = spec.to_json().replace("0.08", "1.5")
+    with pytest.raises(Exception, match="crop_shift"):
+        LivenessSpec.from_json(bad, source="test")

@@ -13,7 +13,15 @@ from typing import Annotated, Any
 
 import typer
 
+from shared.config import get_settings
 from training.liveness.config import DetectorChoice, TrainConfig
+
+
+def default_serving_face_pack() -> Path | None:
+    """The workers' pack (``FACEAUTH_FACE_PACK_DIR``, or its default) when it exists here."""
+    pack = Path(get_settings().face_pack_dir).expanduser()
+    return pack if pack.is_dir() else None
+
 
 app = typer.Typer(help="Train models offline (needs the 'training' extra).", no_args_is_help=True)
 
@@ -63,12 +71,28 @@ def liveness(
     version: Annotated[str | None, typer.Option(help="model version (default: UTC run id)")] = (
         None
     ),
+    serving_face_pack: Annotated[
+        Path | None,
+        typer.Option(
+            help="InsightFace pack the workers serve with; its SCRFD boxes calibrate the "
+            "exported crop (default: FACEAUTH_FACE_PACK_DIR when that folder exists)"
+        ),
+    ] = None,
+    no_serving_face_pack: Annotated[
+        bool, typer.Option(help="skip box calibration even when a face pack is configured")
+    ] = False,
 ) -> None:
     """Train the EfficientNet-B2 liveness model and export it as a deployable ONNX folder."""
     choices: dict[str, DetectorChoice] = {"short": "short", "full": "full", "auto": "auto"}
     if detector not in choices:
         raise typer.BadParameter("must be short, full or auto", param_hint="--detector")
     det = choices[detector]
+    if no_serving_face_pack and serving_face_pack is not None:
+        raise typer.BadParameter(
+            "give --serving-face-pack or --no-serving-face-pack, not both",
+            param_hint="--serving-face-pack",
+        )
+    pack = None if no_serving_face_pack else serving_face_pack or default_serving_face_pack()
     try:
         config = TrainConfig(
             out_dir=out,
@@ -92,6 +116,7 @@ def liveness(
             device=device,
             num_workers=num_workers,
             version=version,
+            serving_face_pack=pack,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
@@ -108,6 +133,7 @@ def liveness(
         "epochs_run": result.epochs_run,
         "stopped_early": result.stopped_early,
         "device": result.device,
+        "serving_face_pack": str(pack) if pack is not None else None,
         "metrics": result.metrics,
     }
     typer.echo(json.dumps(summary, indent=2))

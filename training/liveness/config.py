@@ -36,6 +36,9 @@ class TrainConfig:
     threshold: float = 0.5  # spoof score at or above which a face is called an attack
     detector: DetectorChoice = "auto"
     min_detection_confidence: float = 0.5
+    # The workers' InsightFace pack: its SCRFD boxes are measured against MediaPipe's so the
+    # exported crop shows serving the pixels training saw. None: no calibration (a warning).
+    serving_face_pack: Path | None = None
     cache_dir: Path | None = None  # default: <out_dir>/crop_cache
     device: str | None = None  # default: cuda when available, else cpu
     num_workers: int = 0
@@ -60,6 +63,8 @@ class TrainConfig:
             raise ValueError("val_fraction + test_fraction must leave room for training")
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError("threshold must be in [0, 1]")
+        if self.serving_face_pack is not None and not self.serving_face_pack.is_dir():
+            raise ValueError(f"serving face pack {self.serving_face_pack} is not a folder")
 
     @property
     def resolved_cache_dir(self) -> Path:

@@ -62,12 +62,18 @@ def build_spec(
     threshold: float,
     training: dict[str, Any],
     metrics: dict[str, Any],
+    crop_shift: tuple[float, float] = (0.0, 0.0),
 ) -> LivenessSpec:
-    """The contract for an exported EfficientNet: RGB, /255, ImageNet mean/std, live = 0."""
+    """The contract for an exported EfficientNet: RGB, /255, ImageNet mean/std, live = 0.
+
+    ``crop_scale`` and ``crop_shift`` are the *serving* crop around the serving detector's
+    box (see ``calibration.py``), which may differ from the training crop_scale.
+    """
     member = LivenessMember(
         file=onnx_file,
         crop_scale=crop_scale,
         square=True,
+        crop_shift=crop_shift,
         input_width=input_size,
         input_height=input_size,
         color_order=COLOR_ORDER,

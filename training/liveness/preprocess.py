@@ -4,6 +4,11 @@ Every input image ends up either as a cached crop or in the list of unusable ima
 reason; nothing is dropped silently. The cache key is the file's content hash plus every
 parameter that changes the crop, so a changed parameter never reuses a stale crop and a
 renamed file still hits.
+
+With a serving detector (the workers' SCRFD face pack), each usable face is also measured
+against that detector's box of the same face (``calibration.py``); the measurement is cached
+beside the crop under the same key scheme plus the serving detector's tag, so adding or
+changing the serving pack re-runs only SCRFD, never MediaPipe.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -25,6 +30,7 @@ from tqdm import tqdm
 from shared.config import get_settings
 from shared.errors import FaceauthError
 from shared.face_crop import crop_face
+from training.liveness.calibration import BoxMatch, ServingBoxDetector, match_box
 from training.liveness.config import DetectorChoice
 from training.liveness.data import Sample
 
@@ -40,6 +46,8 @@ REASON_UNREADABLE = "unreadable"
 REASON_NO_FACE = "no_face"
 REASON_FACE_CUT_OFF = "face_cut_off"
 REASON_FACE_TOO_SMALL = "face_too_small"
+
+_BOX_UNREADABLE = "unreadable"  # the file was cropped before but cannot be read now
 
 Box = tuple[float, float, float, float]
 
@@ -86,6 +94,11 @@ class PreprocessResult:
     unusable: list[UnusableImage]
     cache_hits: int
     cache_misses: int
+    # Only filled when a serving detector was given: one match per usable face it also found.
+    box_matches: list[BoxMatch] = field(default_factory=list)
+    box_unmatched: int = 0  # usable faces the serving detector missed (or saw elsewhere)
+    box_cache_hits: int = 0
+    box_cache_misses: int = 0
 
 
 class MediaPipeFaceDetector:
@@ -163,6 +176,12 @@ def cache_key(content_hash: str, params: CropParams) -> str:
     return hashlib.sha256(f"{content_hash}|{params.cache_tag()}".encode()).hexdigest()
 
 
+def box_cache_key(content_hash: str, params: CropParams, serving_tag: str) -> str:
+    """The crop's key scheme plus the serving detector: its boxes depend on both."""
+    text = f"{content_hash}|{params.cache_tag()}|{serving_tag}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 class CropCache:
     """``<dir>/<key[:2]>/<key>.json`` records the outcome; ``<key>.png`` holds a usable crop."""
 
@@ -225,7 +244,13 @@ def crop_one(
     sample: Sample, params: CropParams, detect: DetectFn
 ) -> tuple[dict[str, Any], npt.NDArray[np.uint8] | None]:
     """Detect and crop one image: (cache metadata, BGR crop or None when unusable)."""
-    pixels = _decode(sample.path)
+    return crop_pixels(_decode(sample.path), params, detect)
+
+
+def crop_pixels(
+    pixels: npt.NDArray[np.uint8] | str, params: CropParams, detect: DetectFn
+) -> tuple[dict[str, Any], npt.NDArray[np.uint8] | None]:
+    """``crop_one`` on already decoded BGR pixels (or the reason they could not be decoded)."""
     if isinstance(pixels, str):
         return {"status": "unusable", "reason": REASON_UNREADABLE, "detail": pixels}, None
     h, w = pixels.shape[:2]
@@ -247,22 +272,73 @@ def crop_one(
     return meta, crop
 
 
+def measure_serving_box(
+    pixels: npt.NDArray[np.uint8] | str, train_box: Sequence[float], serving: ServingBoxDetector
+) -> dict[str, Any]:
+    """Cache metadata of the serving detector's box for the face at ``train_box``."""
+    if isinstance(pixels, str):
+        return {"status": _BOX_UNREADABLE, "faces": 0, "detail": pixels}
+    boxes = serving.boxes(pixels)
+    match = match_box(train_box, boxes)
+    if match is None:
+        return {"status": "unmatched", "faces": len(boxes)}
+    return {"status": "matched", "faces": len(boxes), **match.to_meta()}
+
+
+@dataclass
+class _BoxTally:
+    matches: list[BoxMatch] = field(default_factory=list)
+    unmatched: int = 0
+    hits: int = 0
+    misses: int = 0
+
+
+def _serving_match(
+    cache: CropCache,
+    key: str,
+    serving: ServingBoxDetector,
+    sample: Sample,
+    train_box: Sequence[float],
+    pixels: npt.NDArray[np.uint8] | str | None,
+    tally: _BoxTally,
+) -> None:
+    cached = cache.get(key)
+    if cached is not None:
+        tally.hits += 1
+        meta = cached[0]
+    else:
+        tally.misses += 1
+        meta = measure_serving_box(
+            _decode(sample.path) if pixels is None else pixels, train_box, serving
+        )
+        if meta["status"] != _BOX_UNREADABLE:  # a read error may be passing: retry next run
+            cache.put(key, meta, None)
+    if meta.get("status") == "matched":
+        tally.matches.append(BoxMatch.from_meta(meta))
+    else:
+        tally.unmatched += 1
+
+
 def preprocess(
     samples: Sequence[Sample],
     params: CropParams,
     cache_dir: Path,
     detect: DetectFn | None = None,
     *,
+    serving: ServingBoxDetector | None = None,
     progress: bool = True,
 ) -> PreprocessResult:
     """Crop every sample (from cache when possible); unusable images are collected, not lost.
 
     ``detect`` defaults to a MediaPipe detector, which is only built on the first cache miss.
+    With ``serving``, every usable face is also matched against that detector's boxes
+    (``PreprocessResult.box_matches``), from the cache when possible.
     """
     cache = CropCache(cache_dir)
     usable: list[CroppedSample] = []
     unusable: list[UnusableImage] = []
     hits = misses = 0
+    tally = _BoxTally()
     owned: MediaPipeFaceDetector | None = None
     try:
         for sample in tqdm(samples, desc="crop faces", unit="img", disable=not progress):
@@ -271,6 +347,7 @@ def preprocess(
                 continue
             key = cache_key(sample.content_hash, params)
             cached = cache.get(key)
+            pixels: npt.NDArray[np.uint8] | str | None = None  # decoded at most once
             if cached is not None:
                 hits += 1
                 meta, png_path = cached
@@ -279,14 +356,22 @@ def preprocess(
                 if detect is None:
                     owned = MediaPipeFaceDetector(params.detector, params.min_detection_confidence)
                     detect = owned.detect
-                meta, crop = crop_one(sample, params, detect)
+                pixels = _decode(sample.path)
+                meta, crop = crop_pixels(pixels, params, detect)
                 png_path = cache.put(key, meta, crop)
             if meta.get("status") == "ok":
                 usable.append(CroppedSample(sample, png_path, float(meta.get("score", 0.0))))
+                if serving is not None:
+                    # The cached (rounded) box, so a cold and a warm cache measure alike.
+                    box_key = box_cache_key(sample.content_hash, params, serving.cache_tag)
+                    train_box = [float(v) for v in meta["box"]]
+                    _serving_match(cache, box_key, serving, sample, train_box, pixels, tally)
             else:
                 reason = str(meta.get("reason", REASON_NO_FACE))
                 unusable.append(UnusableImage(sample, reason, str(meta.get("detail", ""))))
     finally:
         if owned is not None:
             owned.close()
-    return PreprocessResult(usable, unusable, hits, misses)
+    return PreprocessResult(
+        usable, unusable, hits, misses, tally.matches, tally.unmatched, tally.hits, tally.misses
+    )

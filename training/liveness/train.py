@@ -30,6 +30,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from training.liveness.calibration import (
+    BoxCalibration,
+    FacePackBoxDetector,
+    calibrate,
+    serving_crop,
+)
 from training.liveness.config import TrainConfig, TrainResult
 from training.liveness.data import CLASS_NAMES, Sample, load_samples
 from training.liveness.dataset import CropDataset
@@ -198,6 +204,39 @@ def _describe_data(samples: Sequence[Sample], result: PreprocessResult) -> dict[
     }
 
 
+def _calibrate_boxes(
+    config: TrainConfig, prep: PreprocessResult, serving: FacePackBoxDetector | None
+) -> BoxCalibration | None:
+    if serving is None:
+        return None
+    calibration = calibrate(
+        prep.box_matches,
+        n_unmatched=prep.box_unmatched,
+        train_crop_scale=config.crop_scale,
+        serving_detector=serving.version,
+        train_detector=f"mediapipe-blazeface-{config.detector}",
+        serving_det_size=serving.det_size,
+    )
+    if calibration is not None:
+        log.info(
+            "box calibration on %d faces (%d unmatched, cache %d hits / %d misses): serving "
+            "box %.3fx the training box (p10 %.3f, p90 %.3f); serving crop_scale %.4f, shift "
+            "(%+.4f, %+.4f); median crop IoU %.3f (uncalibrated %.3f)",
+            calibration.n_faces,
+            calibration.n_unmatched,
+            prep.box_cache_hits,
+            prep.box_cache_misses,
+            calibration.median_ratio,
+            calibration.p10_ratio,
+            calibration.p90_ratio,
+            calibration.serving_crop_scale,
+            *calibration.serving_crop_shift,
+            calibration.median_crop_iou,
+            calibration.median_crop_iou_uncalibrated,
+        )
+    return calibration
+
+
 def train_liveness(config: TrainConfig) -> TrainResult:
     """Run the whole job; raises ``ValueError`` when the data cannot support a run."""
     started = time.monotonic()
@@ -213,7 +252,15 @@ def train_liveness(config: TrainConfig) -> TrainResult:
     params = CropParams(
         config.crop_scale, config.input_size, config.detector, config.min_detection_confidence
     )
-    prep = preprocess(samples, params, config.resolved_cache_dir)
+    # Loaded before any work: a broken serving pack should fail the run at once, not at export.
+    serving = (
+        FacePackBoxDetector.load(config.serving_face_pack)
+        if config.serving_face_pack is not None
+        else None
+    )
+    prep = preprocess(samples, params, config.resolved_cache_dir, serving=serving)
+    calibration = _calibrate_boxes(config, prep, serving)
+    export_crop_scale, export_crop_shift = serving_crop(config.crop_scale, calibration)
     prep_report = write_preprocess_report(
         prep, out / "preprocess_report.json", out / "preprocess_report.csv"
     )
@@ -333,6 +380,7 @@ def train_liveness(config: TrainConfig) -> TrainResult:
         "input_size": config.input_size,
         "crop_scale": config.crop_scale,
         "face_detector": f"mediapipe blazeface ({config.detector})",
+        "box_calibration": calibration.to_dict() if calibration is not None else None,
         "imagenet_weights": config.imagenet_weights.name if config.imagenet_weights else None,
         "optimizer": {"name": "adam", "lr": config.lr, "weight_decay": config.weight_decay},
         "scheduler": "cosine",
@@ -347,7 +395,8 @@ def train_liveness(config: TrainConfig) -> TrainResult:
         version=version,
         onnx_file=config.onnx_file,
         input_size=config.input_size,
-        crop_scale=config.crop_scale,
+        crop_scale=export_crop_scale,
+        crop_shift=export_crop_shift,
         threshold=config.threshold,
         training=training_summary,
         metrics={"evaluated_on": eval_split, **eval_metrics},

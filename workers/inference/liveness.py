@@ -221,6 +221,7 @@ def prepare_batch(
 ) -> FloatArray:
     """The member's NCHW float32 input for these faces of BGR images.
 
+    Each face is cropped as the member says (``crop_scale``, ``square``, ``crop_shift``).
     ``x = (pixel * pixel_scale - mean) / std`` per channel after the crop is put in the
     member's colour order. Public so training can check it feeds its exported model the
     same tensors as serving.
@@ -228,7 +229,14 @@ def prepare_batch(
     size = (member.input_width, member.input_height)
     crops = np.stack(
         [
-            crop_face(image, box, member.crop_scale, size, square=member.square)
+            crop_face(
+                image,
+                box,
+                member.crop_scale,
+                size,
+                square=member.square,
+                shift=member.crop_shift,
+            )
             for image, box in zip(images_bgr, boxes, strict=True)
         ]
     )
