@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from shared.schemas import REQUEST_FOR_KIND, EnrollRequest, InspectImageRequest, JobKind, TaskName
 from shared.celery_config import INFERENCE_TASKS, IO_TASKS, celery_config
 from shared.config import Settings
+from shared.schemas import REQUEST_FOR_KIND, EnrollRequest, InspectImageRequest, JobKind, TaskName
 
 
 @pytest.mark.parametrize("key", ["../x.jpg", "a/../b.jpg", "a//b.jpg", "/abs.jpg", "", "x" * 600])
