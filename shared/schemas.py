@@ -155,8 +155,8 @@ class DeleteUserRequest(JobRequest):
 class RetentionRequest(JobRequest):
     """Delete old source images of users who opted out of re-embedding, a page of users a job."""
 
-    older_than_days: int | None = Field(
-        None, ge=1, description="default: FACEAUTH_SOURCE_IMAGE_RETENTION_DAYS"
+    older_than_days: float | None = Field(
+        None, gt=0, description="default: FACEAUTH_SOURCE_IMAGE_RETENTION_DAYS"
     )
     after_user: str | None = Field(
         None, pattern=USER_ID_PATTERN, description="resume after this user id (paging)"

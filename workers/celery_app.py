@@ -42,6 +42,14 @@ def _migrate_on_start(**_: Any) -> None:
     ImageStore.from_settings(settings).ensure_bucket()
 
 
+@worker_init.connect
+def _start_metrics(**_: Any) -> None:
+    """Prometheus exposition in the main process (FACEAUTH_METRICS_PORT > 0)."""
+    from workers.metrics import start_metrics_server
+
+    start_metrics_server(get_settings())
+
+
 @worker_process_init.connect
 def _init_process(**_: Any) -> None:
     from workers.runtime import on_process_start

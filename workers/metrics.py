@@ -7,11 +7,25 @@ multiprocess mode (PROMETHEUS_MULTIPROC_DIR) aggregates them when set, and
 
 from __future__ import annotations
 
+import logging
+import os
+from pathlib import Path
 from typing import Any
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    multiprocess,
+    start_http_server,
+    values,
+)
 
+from shared.config import Settings
 from shared.schemas import JobKind, JobStatus
+
+log = logging.getLogger(__name__)
 
 JOBS = Counter(
     "faceauth_jobs_total",
@@ -52,3 +66,42 @@ def observe_stage(stage: str, seconds: float) -> None:
 
 def observe_model_load(model: str, seconds: float) -> None:
     MODEL_LOAD_SECONDS.labels(model=model).observe(seconds)
+
+
+def multiprocess_dir() -> Path | None:
+    value = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    return Path(value) if value else None
+
+
+def start_metrics_server(settings: Settings) -> int | None:
+    """Serve ``/metrics`` on FACEAUTH_METRICS_PORT from the worker's main process.
+
+    Jobs run in prefork children, so their samples only reach this process through
+    prometheus_client's multiprocess mode: every process writes its values to files in
+    PROMETHEUS_MULTIPROC_DIR and the server here merges them on each scrape. The variable
+    must be in the worker's environment at start (prometheus_client picks the mode when it
+    is imported, before any of our code runs), and the folder is emptied here because
+    files left by an earlier run would be added to this run's counters.
+    """
+    port = settings.metrics_port
+    if port <= 0:
+        return None
+    folder = multiprocess_dir()
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.db"):
+            stale.unlink(missing_ok=True)
+        if not getattr(values.ValueClass, "_multiprocess", False):
+            log.warning(
+                "PROMETHEUS_MULTIPROC_DIR was set after prometheus_client was imported;"
+                " samples of pool processes will be missing"
+            )
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=str(folder))
+    else:
+        # Right for the solo and threads pools; with prefork the children's jobs are not seen.
+        log.warning("PROMETHEUS_MULTIPROC_DIR is not set: only this process's metrics are served")
+        registry = REGISTRY
+    start_http_server(port, registry=registry)
+    log.info("Prometheus metrics on port %d (multiprocess: %s)", port, folder is not None)
+    return port

@@ -108,6 +108,9 @@ class WorkerRuntime:
                     started = time.perf_counter()
                     self._liveness = LivenessScorer.load(folder)
                     self.model_load_seconds["liveness"] = time.perf_counter() - started
+                    from workers import metrics
+
+                    metrics.observe_model_load("liveness", self.model_load_seconds["liveness"])
                     log.info(
                         "liveness model %s %s loaded in %.2fs",
                         self._liveness.name,
