@@ -17,7 +17,13 @@ import time
 import _common as c
 
 # Cheapest first, so a broken stack shows up before the long search build.
-BENCHES = ("bench_first_job", "bench_enrollment", "bench_verify", "bench_search")
+BENCHES = (
+    "bench_first_job",
+    "bench_enrollment",
+    "bench_verify",
+    "bench_search",
+    "bench_backfill",
+)
 
 
 def main() -> None:
