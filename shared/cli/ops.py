@@ -41,8 +41,14 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 
 def backfill(
-    source: str = typer.Argument(
-        ..., help="manifest (.csv / .jsonl) or s3://<bucket>/<prefix> laid out <user_id>/<image>"
+    source: str | None = typer.Argument(
+        None, help="manifest (.csv / .jsonl) or s3://<bucket>/<prefix> laid out <user_id>/<image>"
+    ),
+    reembed: bool = typer.Option(
+        False,
+        "--reembed",
+        help="model migration: re-embed every enrolled user from the stored source images"
+        " with the workers' current model version (no SOURCE)",
     ),
     outcomes: Path | None = typer.Option(
         None, help="per-row outcome file (JSONL); default: beside the manifest"
@@ -61,6 +67,17 @@ def backfill(
 ) -> None:
     """Enroll many users from a manifest or an S3 prefix; resumable, bounded, idempotent."""
     from shared.backfill import BackfillOptions, ManifestError, run_backfill
+
+    if reembed:
+        if source is not None:
+            raise typer.BadParameter("--reembed takes no SOURCE")
+        from shared.cli.model import current_model_version, reembed_all
+
+        target = model_version or current_model_version()
+        result = reembed_all(target, max_in_flight, stall_timeout)
+        raise typer.Exit(code=0 if result["failed"] == 0 else 1)
+    if source is None:
+        raise typer.BadParameter("SOURCE is required (or --reembed)")
 
     options = BackfillOptions(
         max_in_flight=max_in_flight,
