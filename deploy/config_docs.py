@@ -1,6 +1,6 @@
 """Regenerate the README's configuration table from ``shared.config.Settings``.
 
-    python -m deploy.config_docs        # rewrites the block between the markers
+python -m deploy.config_docs        # rewrites the block between the markers
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ INFERENCE_TASKS = (
     TaskName.QUALITY_SCAN,
     TaskName.REEMBED,
 )
-IO_TASKS = (TaskName.DELETE_USER, TaskName.APPLY_RETENTION)
+IO_TASKS = (TaskName.DELETE_USER, TaskName.APPLY_RETENTION, TaskName.CALIBRATE)
 
 
 def queue_for(task: TaskName, settings: Settings) -> str:

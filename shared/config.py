@@ -123,6 +123,9 @@ class Settings(BaseSettings):
     duplicate_threshold: float = Field(
         0.45, description="mean-template similarity that flags a duplicate identity"
     )
+    duplicate_max_matches: int = Field(
+        20, ge=1, le=100, description="most other accounts listed in duplicate_of"
+    )
     duplicate_action: Literal["flag", "reject"] = Field(
         "flag", description="what a duplicate identity does to an enrollment"
     )

@@ -179,6 +179,13 @@ class FaceauthClient:
     def submit_reembed(self, user_id: str, *, idempotency_key: str | None = None) -> UUID:
         return self.submit(JobKind.REEMBED, {"user_id": user_id}, idempotency_key=idempotency_key)
 
+    def submit_calibration(
+        self, *, model_version: str | None = None, activate: bool = False
+    ) -> UUID:
+        return self.submit(
+            JobKind.CALIBRATE, {"model_version": model_version, "activate": activate}
+        )
+
     def submit_user_deletion(self, user_id: str, *, idempotency_key: str | None = None) -> UUID:
         return self.submit(
             JobKind.DELETE_USER, {"user_id": user_id}, idempotency_key=idempotency_key

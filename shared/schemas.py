@@ -36,6 +36,7 @@ class JobKind(StrEnum):
     DELETE_USER = "delete_user"
     REEMBED = "reembed"
     APPLY_RETENTION = "apply_retention"
+    CALIBRATE = "calibrate"
 
 
 class JobStatus(StrEnum):
@@ -60,6 +61,7 @@ class TaskName(StrEnum):
     DELETE_USER = "faceauth.delete_user"
     REEMBED = "faceauth.reembed"
     APPLY_RETENTION = "faceauth.apply_retention"
+    CALIBRATE = "faceauth.calibrate"
 
 
 TASK_FOR_KIND: dict[JobKind, TaskName] = {
@@ -71,6 +73,7 @@ TASK_FOR_KIND: dict[JobKind, TaskName] = {
     JobKind.DELETE_USER: TaskName.DELETE_USER,
     JobKind.REEMBED: TaskName.REEMBED,
     JobKind.APPLY_RETENTION: TaskName.APPLY_RETENTION,
+    JobKind.CALIBRATE: TaskName.CALIBRATE,
 }
 
 
@@ -165,6 +168,13 @@ class RetentionRequest(JobRequest):
     dry_run: bool = False
 
 
+class CalibrateRequest(JobRequest):
+    """Calibrate decision thresholds over the enrolled templates of one model version."""
+
+    model_version: str | None = Field(None, max_length=200, description="default: active")
+    activate: bool = Field(False, description="make the result the active thresholds")
+
+
 REQUEST_FOR_KIND: dict[JobKind, type[JobRequest]] = {
     JobKind.INSPECT_IMAGE: InspectImageRequest,
     JobKind.ENROLL: EnrollRequest,
@@ -174,6 +184,7 @@ REQUEST_FOR_KIND: dict[JobKind, type[JobRequest]] = {
     JobKind.DELETE_USER: DeleteUserRequest,
     JobKind.REEMBED: ReembedRequest,
     JobKind.APPLY_RETENTION: RetentionRequest,
+    JobKind.CALIBRATE: CalibrateRequest,
 }
 
 

@@ -134,7 +134,8 @@ def test_port_in_use_is_not_free() -> None:
 
 def test_wait_ready_reports_exit_with_log_tail(tmp_path: Path) -> None:
     proc = ManagedProcess.spawn(
-        "failing", ["sh", "-c", "echo 'bind: Address already in use' >&2; exit 3"],
+        "failing",
+        ["sh", "-c", "echo 'bind: Address already in use' >&2; exit 3"],
         log_path=tmp_path / "failing.log",
     )
     with pytest.raises(StartupError) as info:
@@ -181,7 +182,8 @@ def test_stop_escalates_to_sigkill_and_reaps_setsid_children(tmp_path: Path) -> 
 
 def test_kill_removes_whole_group(tmp_path: Path) -> None:
     proc = ManagedProcess.spawn(
-        "group", ["sh", "-c", "sleep 300 & sleep 300 & echo up; wait"],
+        "group",
+        ["sh", "-c", "sleep 300 & sleep 300 & echo up; wait"],
         log_path=tmp_path / "g.log",
     )
     proc.wait_ready(lambda: "up" in proc.new_log_text(), timeout=10, what="up")
@@ -198,7 +200,10 @@ def test_record_handle_does_not_signal_a_recycled_pid(tmp_path: Path) -> None:
     try:
         real = psutil.Process(victim.pid).create_time()
         stale = ProcessRecord(
-            name="old", pid=victim.pid, pgid=victim.pid, create_time=real - 1000.0,
+            name="old",
+            pid=victim.pid,
+            pgid=victim.pid,
+            create_time=real - 1000.0,
             log_path=str(tmp_path / "old.log"),
         )
         handle = ManagedProcess.from_record(stale)
@@ -275,9 +280,7 @@ def test_postgres_pgvector_hnsw_cosine(stack: DevStack) -> None:
         assert conn.info.user == "faceauth" and conn.info.dbname == "faceauth"
         conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
         conn.execute("CREATE TABLE emb (id int PRIMARY KEY, v vector(3))")
-        conn.execute(
-            "INSERT INTO emb VALUES (1, '[1,0,0]'), (2, '[0,1,0]'), (3, '[0.9,0.1,0]')"
-        )
+        conn.execute("INSERT INTO emb VALUES (1, '[1,0,0]'), (2, '[0,1,0]'), (3, '[0.9,0.1,0]')")
         conn.execute("CREATE INDEX emb_hnsw ON emb USING hnsw (v vector_cosine_ops)")
         conn.execute("SET enable_seqscan = off")  # make the planner use the HNSW index
         plan = "\n".join(
@@ -417,7 +420,9 @@ QUIET_APP = textwrap.dedent(
 def test_worker_readiness_falls_back_to_control_ping(stack: DevStack, tmp_path: Path) -> None:
     (tmp_path / "devstack_quiet_app.py").write_text(QUIET_APP)
     worker = stack.start_worker(
-        queues=["quiet.q"], name="quiet", app="devstack_quiet_app:app",
+        queues=["quiet.q"],
+        name="quiet",
+        app="devstack_quiet_app:app",
         extra_env={"PYTHONPATH": str(tmp_path)},
     )
     try:
@@ -437,7 +442,9 @@ def test_worker_readiness_falls_back_to_control_ping(stack: DevStack, tmp_path: 
 @pytest.mark.slow
 def test_flower_requires_basic_auth(stack: DevStack, tmp_path: Path) -> None:
     url = stack.start_flower(
-        user="ops", password="s3cret-pw", app="devstack_probe_app:app",
+        user="ops",
+        password="s3cret-pw",
+        app="devstack_probe_app:app",
         extra_env=_write_probe_app(tmp_path),
     )
     assert url.startswith("http://127.0.0.1:")
@@ -464,7 +471,9 @@ def test_stop_leaves_no_process_and_removes_data_dir(tmp_path: Path) -> None:
     stack.start_services()
     try:
         stack.start_worker(
-            queues=["probe.q"], name="w1", app="devstack_probe_app:app",
+            queues=["probe.q"],
+            name="w1",
+            app="devstack_probe_app:app",
             extra_env=_write_probe_app(tmp_path),
         )
         pids = _tree_pids(stack)
@@ -533,7 +542,11 @@ def test_detached_stack_outlives_launcher_and_stops_from_state(tmp_path: Path) -
     state = tmp_path / "state" / "devstack.json"
     result = subprocess.run(
         [sys.executable, "-c", DETACHED_LAUNCHER, str(data_dir), str(state)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=180, check=False,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "launched"  # server output went to log files

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -83,3 +84,24 @@ def calibrate_enrolled(conn: psycopg.Connection, *, model_version: str) -> Calib
         source="database",
         max_pairs=MAX_IMPOSTOR_PAIRS,
     )
+
+
+RAW_FIELDS = {
+    "genuine_scores",
+    "genuine_pairs",
+    "impostor_scores",
+    "impostor_pairs",
+    "mean_template_impostor_scores",
+    "mean_template_pairs",
+    "items",
+}
+
+
+def stored_summary(report: CalibrationReport) -> dict[str, Any]:
+    """The report without its raw score lists, which can run to millions of pairs.
+
+    The database row keeps every threshold, rate and statistic; the full report (with
+    the raw lists) is the JSON file the CLI writes.
+    """
+    data: dict[str, Any] = json.loads(report.to_json())
+    return {k: v for k, v in data.items() if k not in RAW_FIELDS}

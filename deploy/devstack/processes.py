@@ -309,8 +309,11 @@ class ManagedProcess:
                 leader.send_signal(sig)
             if not self._wait_leader(timeout):
                 log.warning(
-                    "%s (pid %d) ignored %s for %.0fs; killing it", self.name, self.pid,
-                    sig.name, timeout,
+                    "%s (pid %d) ignored %s for %.0fs; killing it",
+                    self.name,
+                    self.pid,
+                    sig.name,
+                    timeout,
                 )
                 with contextlib.suppress(psutil.NoSuchProcess):
                     leader.kill()

@@ -146,12 +146,16 @@ class RedisServer:
             "--logfile", "",  # log to stdout, i.e. our log file
         ]  # fmt: skip
         proc = ManagedProcess.spawn(
-            self.name, argv, log_path=self._log_path, env=_clean_env(("REDIS",)),
+            self.name,
+            argv,
+            log_path=self._log_path,
+            env=_clean_env(("REDIS",)),
             cwd=self._data_dir,
         )
         try:
             proc.wait_ready(
-                lambda: _redis_ping(port), timeout=self._timeout,
+                lambda: _redis_ping(port),
+                timeout=self._timeout,
                 what=f"answering PING on {LOOPBACK}:{port}",
             )
         except BaseException:
@@ -203,7 +207,9 @@ def _ensure_os_user(name: str) -> pwd.struct_passwd:
         pass
     result = subprocess.run(
         ["useradd", "--system", "--user-group", "--no-create-home", name],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     try:
         # A parallel launcher may have created it first (useradd then fails): fine.
@@ -349,7 +355,11 @@ class PostgresServer:
             "-c", "max_connections=200",
         ]  # fmt: skip
         proc = ManagedProcess.spawn(
-            self.name, argv, log_path=self._log_path, env=self._env(), cwd=self.home,
+            self.name,
+            argv,
+            log_path=self._log_path,
+            env=self._env(),
+            cwd=self.home,
             user=self._os_user,
             # SIGINT = "fast" shutdown: roll back, disconnect clients, checkpoint, exit.
             # SIGTERM ("smart") would wait for every client, e.g. a worker's pool.
@@ -358,7 +368,8 @@ class PostgresServer:
         self.process = proc
         try:
             proc.wait_ready(
-                self._can_connect, timeout=self._timeout,
+                self._can_connect,
+                timeout=self._timeout,
                 what=f"accepting connections on {self.socket_dir}",
             )
             self._bootstrap()
@@ -439,8 +450,14 @@ class PostgresServer:
         self._log_path.parent.mkdir(parents=True, exist_ok=True)
         with self._log_path.open("ab") as log_file:
             result = subprocess.run(
-                argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                env=self._env(), cwd=self.home, check=False, timeout=self._timeout,
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=self._env(),
+                cwd=self.home,
+                check=False,
+                timeout=self._timeout,
                 user=self._os_user,
                 group=pwd.getpwnam(self._os_user).pw_gid if self._os_user else None,
                 extra_groups=[] if self._os_user else None,
@@ -448,7 +465,9 @@ class PostgresServer:
         if result.returncode != 0:
             raise StartupError(
                 f"initdb failed with status {result.returncode}",
-                name=self.name, log_path=self._log_path, exited=True,
+                name=self.name,
+                log_path=self._log_path,
+                exited=True,
             )
 
     def _can_connect(self) -> bool:
@@ -577,13 +596,29 @@ class S3Server:
     def _attempt(self, binary: Path, config: Path) -> None:
         # weed's worker dials the admin gRPC at admin HTTP port + 10000 regardless of
         # -admin.port.grpc, so every component gets such a pair.
-        (master, master_grpc), (volume, volume_grpc), (filer, filer_grpc), (s3, s3_grpc), (
-            admin, admin_grpc,
+        (
+            (master, master_grpc),
+            (volume, volume_grpc),
+            (filer, filer_grpc),
+            (s3, s3_grpc),
+            (
+                admin,
+                admin_grpc,
+            ),
         ) = free_port_pairs(5, SEAWEED_GRPC_OFFSET)
         (webdav,) = free_ports(1)  # WebDAV is off, but weed still checks its port
         self._ports = [
-            master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc,
-            admin, admin_grpc, webdav,
+            master,
+            master_grpc,
+            volume,
+            volume_grpc,
+            filer,
+            filer_grpc,
+            s3,
+            s3_grpc,
+            admin,
+            admin_grpc,
+            webdav,
         ]
         argv = [
             str(binary),
@@ -656,8 +691,12 @@ def _s3_list_buckets(endpoint: str, access_key: str, secret_key: str) -> bool:
     )
     try:
         client = Minio(
-            endpoint, access_key=access_key, secret_key=secret_key, secure=False,
-            region="us-east-1", http_client=http,
+            endpoint,
+            access_key=access_key,
+            secret_key=secret_key,
+            secure=False,
+            region="us-east-1",
+            http_client=http,
         )
         client.list_buckets()
     finally:

@@ -207,8 +207,11 @@ class DevStack:
         self._redis = RedisServer(self.data_dir / "redis", self.logs_dir, timeout=timeout)
         self._postgres = PostgresServer(self.data_dir / "postgres", self.logs_dir, timeout=timeout)
         self._s3 = S3Server(
-            self.data_dir / "s3", self.logs_dir,
-            access_key=access_key, secret_key=secret_key, timeout=timeout,
+            self.data_dir / "s3",
+            self.logs_dir,
+            access_key=access_key,
+            secret_key=secret_key,
+            timeout=timeout,
         )
         try:
             self._start_servers(self._redis, self._postgres, self._s3)
@@ -312,15 +315,20 @@ class DevStack:
             "-l", "INFO",
         ]  # fmt: skip
         proc = ManagedProcess.spawn(
-            name, argv, log_path=self.logs_dir / f"{name}.log",
-            env=self._celery_env(extra_env), cwd=REPO_ROOT,
+            name,
+            argv,
+            log_path=self.logs_dir / f"{name}.log",
+            env=self._celery_env(extra_env),
+            cwd=REPO_ROOT,
         )
         self._workers.append(proc)
         probe = _WorkerReadiness(proc, name, self.endpoints.broker_url())
         try:
             proc.wait_ready(
-                probe, timeout=timeout or self.start_timeout,
-                what=f"celery worker {name} reporting ready", interval=0.2,
+                probe,
+                timeout=timeout or self.start_timeout,
+                what=f"celery worker {name} reporting ready",
+                interval=0.2,
             )
         except BaseException:
             proc.stop(timeout=5)
@@ -361,7 +369,9 @@ class DevStack:
             try:
                 proc.wait_ready(
                     lambda: _flower_answers(url, user, password),
-                    timeout=self.start_timeout, what=f"flower answering on {url}", interval=0.2,
+                    timeout=self.start_timeout,
+                    what=f"flower answering on {url}",
+                    interval=0.2,
                 )
             except BaseException:
                 proc.stop(timeout=5)
@@ -511,9 +521,7 @@ class _WorkerReadiness:
 
             # A bare client app: the worker's own app module may not be importable here.
             self._client = Celery("devstack-probe", broker=self._broker_url)
-        replies: list[Any] = self._client.control.ping(
-            destination=[self._nodename], timeout=0.5
-        )
+        replies: list[Any] = self._client.control.ping(destination=[self._nodename], timeout=0.5)
         return replies
 
     def close(self) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -135,6 +134,7 @@ def calibrate(
         import psycopg
 
         from shared.db.calibrations import save_calibration
+        from workers.calibration_jobs import stored_summary
 
         with psycopg.connect(settings.database_dsn()) as conn:
             cal_id = save_calibration(
@@ -142,7 +142,7 @@ def calibrate(
                 model_version=result.model_version,
                 t_low=result.t_low,
                 t_high=result.t_high,
-                report=json.loads(result.to_json()),
+                report=stored_summary(result),
                 activate=activate,
             )
         console.print(f"saved calibration {cal_id}{' (active)' if activate else ''}")

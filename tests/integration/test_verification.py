@@ -145,7 +145,7 @@ def test_identification_ranks_the_right_person_first(live: LiveStack, gallery: G
     person_of = {u: p for p, u in gallery.user.items()}
     for person in gallery.people:
         job = live.client.wait(
-            live.client.submit_identification(gallery.probe(person), top_k=10), 60
+            live.client.submit_identification(gallery.probe(person), top_k=100), 60
         )
         assert job.status == "succeeded", job.error
         result = job.result
@@ -235,3 +235,20 @@ def test_calibration_cli_matches_direct_computation(
     assert len(active) == 1
     job = verify(live, f"padlive-none-{uuid4().hex[:4]}", b"")  # warm-up not needed; unknown user
     assert job.status == "failed"
+
+
+def test_calibration_job_over_the_enrolled_database(live: LiveStack, gallery: Gallery) -> None:
+    job = live.client.wait(live.client.submit_calibration(), timeout=120)
+    assert job.status == "succeeded", job.error
+    result = job.result
+    assert result is not None and result["active"] is False
+    counts = result["counts"]
+    assert counts["genuine_pairs"] >= 1 and counts["impostor_pairs"] >= 1
+    # (Other tests enroll the same photo under several ids, so impostor scores reach 1.0.)
+    assert -1.0 - 1e-6 <= result["t_low"] <= result["t_high"] <= 1.0 + 1e-6
+    stored = live.sql(
+        "SELECT model_version, t_low, is_active, report ? 'genuine_scores', report ? 'eer'"
+        " FROM calibrations WHERE calibration_id = %s",
+        result["calibration_id"],
+    )
+    assert stored == [(result["model_version"], result["t_low"], False, False, True)]

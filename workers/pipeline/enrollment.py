@@ -211,7 +211,7 @@ def _duplicate_candidates(
             mean,
             model_version=model_version,
             embedding_dim=dim,
-            top_k=5,
+            top_k=settings.duplicate_max_matches,
             ef_search=settings.hnsw_ef_search,
             exclude_user=user_id,
         )

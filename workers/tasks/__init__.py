@@ -1,6 +1,7 @@
 """Celery tasks, one module per job kind. Importing this package registers them all."""
 
 from workers.tasks import (
+    calibrate,
     delete_user,
     enroll,
     inspect_image,
@@ -11,6 +12,7 @@ from workers.tasks import (
 )
 
 __all__ = [
+    "calibrate",
     "delete_user",
     "enroll",
     "inspect_image",
