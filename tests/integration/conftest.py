@@ -8,6 +8,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from typer.testing import CliRunner
 
 from deploy.demo import settings_for, worker_env
 from deploy.devstack import DevStack, ManagedProcess, StackEndpoints
@@ -48,6 +49,24 @@ class LiveStack:
     def table_counts(self) -> dict[str, int]:
         tables = ("users", "templates", "enrollments", "audit_log", "model_versions")
         return {t: int(self.sql(f"SELECT count(*) FROM {t}")[0][0]) for t in tables}  # type: ignore[call-overload]
+
+
+@pytest.fixture
+def live_env(live: LiveStack, monkeypatch: pytest.MonkeyPatch) -> Iterator[LiveStack]:
+    """The process environment (and so ``get_settings()``) points at the live stack."""
+    from shared.config import get_settings
+
+    for name, value in live.endpoints.env().items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    yield live
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def cli(live_env: LiveStack) -> CliRunner:
+    """A CLI runner whose commands reach the live stack."""
+    return CliRunner()
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from uuid import uuid4
 
@@ -14,7 +13,6 @@ from typer.testing import CliRunner
 from shared.backfill import BackfillOptions, BackfillRunner
 from shared.backfill.manifest import read_manifest
 from shared.cli import app
-from shared.config import get_settings
 from shared.db import jobs as job_repo
 from shared.db.pool import get_pool
 from shared.schemas import EnrollRequest, JobKind, TaskName
@@ -22,16 +20,6 @@ from shared.schemas import EnrollRequest, JobKind, TaskName
 from .conftest import LiveStack
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def cli(live: LiveStack, monkeypatch: pytest.MonkeyPatch) -> Iterator[CliRunner]:
-    """A CLI runner whose ``get_settings()`` points at the live stack."""
-    for name, value in live.endpoints.env().items():
-        monkeypatch.setenv(name, value)
-    get_settings.cache_clear()
-    yield CliRunner()
-    get_settings.cache_clear()
 
 
 def photos(faces: Path, person: str) -> list[Path]:

@@ -16,11 +16,10 @@ from .conftest import LiveStack
 pytestmark = pytest.mark.integration
 
 
-def test_export_json_and_parquet(
-    live: LiveStack, faces: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_export_json_and_parquet(live_env: LiveStack, faces: Path, tmp_path: Path) -> None:
     from shared.cli import app
-    from shared.config import get_settings
+
+    live = live_env
 
     user = f"biden-export-{uuid4().hex[:6]}"
     photos = sorted((faces / "identities" / "biden").iterdir())
@@ -28,18 +27,12 @@ def test_export_json_and_parquet(
         live.client.submit_enrollment(user, [p.read_bytes() for p in photos]), 120
     )
     assert job.status == "succeeded"
-    for key, value in live.endpoints.env().items():
-        monkeypatch.setenv(key, value)
-    get_settings.cache_clear()
-    try:
-        runner = CliRunner()
-        for name in ("t.json", "t.parquet"):
-            result = runner.invoke(app, ["export", user, "--out", str(tmp_path / name)])
-            assert result.exit_code == 0, result.output
-        missing = runner.invoke(app, ["export", "nobody-at-all", "--out", str(tmp_path / "x.json")])
-        assert missing.exit_code == 1
-    finally:
-        get_settings.cache_clear()
+    runner = CliRunner()
+    for name in ("t.json", "t.parquet"):
+        result = runner.invoke(app, ["export", user, "--out", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+    missing = runner.invoke(app, ["export", "nobody-at-all", "--out", str(tmp_path / "x.json")])
+    assert missing.exit_code == 1
     records = json.loads((tmp_path / "t.json").read_text())
     table = pq.read_table(tmp_path / "t.parquet").to_pylist()
     assert len(records) == len(table) == len(photos) + 1

@@ -7,7 +7,6 @@ import time
 import urllib.error
 import urllib.request
 from base64 import b64encode
-from collections.abc import Iterator
 from pathlib import Path
 from uuid import uuid4
 
@@ -17,22 +16,13 @@ from typer.testing import CliRunner
 
 from deploy.devstack.ports import free_port
 from shared.cli import app
-from shared.config import Settings, get_settings
+from shared.config import Settings
 from shared.monitoring import collect_status
 from shared.producer import FaceauthClient
 
 from .conftest import LiveStack
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def cli(live: LiveStack, monkeypatch: pytest.MonkeyPatch) -> Iterator[CliRunner]:
-    for name, value in live.endpoints.env().items():
-        monkeypatch.setenv(name, value)
-    get_settings.cache_clear()
-    yield CliRunner()
-    get_settings.cache_clear()
 
 
 def http_get(url: str, auth: tuple[str, str] | None = None) -> tuple[int, bytes]:

@@ -65,8 +65,8 @@ def identify(request: IdentifyRequest, ctx: JobContext) -> Outcome:
             (pack.model_version,),
         ).fetchone()
         n_enrolled = int(count_row[0]) if count_row else 0
-        search = "hnsw"
-        with conn.transaction():
+        # HNSW with a filter can return fewer rows than asked: repeat exactly when short.
+        for search in ("hnsw", "exact"):
             hits = template_repo.search_mean_templates(
                 conn,
                 probe,
@@ -74,19 +74,10 @@ def identify(request: IdentifyRequest, ctx: JobContext) -> Outcome:
                 embedding_dim=pack.embedding_dim,
                 top_k=request.top_k,
                 ef_search=rt.settings.hnsw_ef_search,
+                exact=search == "exact",
             )
-        if len(hits) < min(request.top_k, n_enrolled):
-            search = "exact"
-            with conn.transaction():
-                hits = template_repo.search_mean_templates(
-                    conn,
-                    probe,
-                    model_version=pack.model_version,
-                    embedding_dim=pack.embedding_dim,
-                    top_k=request.top_k,
-                    ef_search=rt.settings.hnsw_ef_search,
-                    exact=True,
-                )
+            if len(hits) >= min(request.top_k, n_enrolled):
+                break
     timer.add("search", t)
     result["candidates"] = [
         {
