@@ -95,7 +95,7 @@ def run_job(task: Task, kind: JobKind, raw_payload: Any, handler: Handler) -> di
         except SoftTimeLimitExceeded:
             err = FaceauthError(ErrorCode.INTERNAL, "job exceeded its time limit")
             outcome = Outcome(result=err.to_dict(), status=JobStatus.FAILED, error=err)
-        view = _commit(rt, job_id, outcome)
+        view = _commit(rt, kind, job_id, outcome)
         metrics.observe_job(kind, view.status, view.error, time.perf_counter() - started)
         for stage, seconds in outcome.stage_seconds.items():
             metrics.observe_stage(stage, seconds)
@@ -110,7 +110,7 @@ def run_job(task: Task, kind: JobKind, raw_payload: Any, handler: Handler) -> di
         job_id = _payload_job_id(raw_payload, task_id)
         try:
             view = _commit(
-                rt, job_id, Outcome(result=err.to_dict(), status=JobStatus.FAILED, error=err)
+                rt, kind, job_id, Outcome(result=err.to_dict(), status=JobStatus.FAILED, error=err)
             )
             metrics.observe_job(kind, view.status, view.error, time.perf_counter() - started)
             return view.model_dump(mode="json")
@@ -140,7 +140,7 @@ def _begin(rt: WorkerRuntime, kind: JobKind, request: JobRequest, job_id: UUID) 
     return None
 
 
-def _commit(rt: WorkerRuntime, job_id: UUID, outcome: Outcome) -> JobView:
+def _commit(rt: WorkerRuntime, kind: JobKind, job_id: UUID, outcome: Outcome) -> JobView:
     with rt.pool.connection() as conn, conn.transaction():
         row = conn.execute(
             "SELECT status FROM jobs WHERE job_id = %s FOR UPDATE", (job_id,)
@@ -150,9 +150,11 @@ def _commit(rt: WorkerRuntime, job_id: UUID, outcome: Outcome) -> JobView:
             assert view is not None
             return view
         if row is None:
+            # The failure came before the job row existed (e.g. the database was down when
+            # the job started): record it anyway so the producer sees an outcome.
             conn.execute(
-                "INSERT INTO jobs (job_id, kind, status) VALUES (%s, 'unknown', 'running')",
-                (job_id,),
+                "INSERT INTO jobs (job_id, kind, status) VALUES (%s, %s, 'running')",
+                (job_id, str(kind)),
             )
         if outcome.status is JobStatus.SUCCEEDED and outcome.write is not None:
             outcome.write(conn)
@@ -187,7 +189,9 @@ def _fail_unvalidated(
             image_refs=[],
             payload={"invalid": True, "type": type(raw).__name__},
         )
-    view = _commit(rt, job_id, Outcome(result=err.to_dict(), status=JobStatus.FAILED, error=err))
+    view = _commit(
+        rt, kind, job_id, Outcome(result=err.to_dict(), status=JobStatus.FAILED, error=err)
+    )
     metrics.observe_job(kind, view.status, view.error, 0.0)
     return view.model_dump(mode="json")
 
@@ -214,6 +218,8 @@ def _retry_or_fail(
         f"gave up after {retries} retries: {getattr(exc, 'message', type(exc).__name__)}",
     )
     job_id = _payload_job_id(raw, task_id)
-    view = _commit(rt, job_id, Outcome(result=err.to_dict(), status=JobStatus.FAILED, error=err))
+    view = _commit(
+        rt, kind, job_id, Outcome(result=err.to_dict(), status=JobStatus.FAILED, error=err)
+    )
     metrics.observe_job(kind, view.status, view.error, 0.0)
     return view.model_dump(mode="json")
