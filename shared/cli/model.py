@@ -8,6 +8,7 @@ in FACEAUTH_PREVIOUS_FACE_PACK_DIR, run ``faceauth model reembed`` (progress wit
 from __future__ import annotations
 
 import time
+from collections import deque
 from uuid import UUID
 
 import psycopg
@@ -84,7 +85,7 @@ def reembed(
 
 
 def reembed_all(target: str, max_in_flight: int, timeout: float) -> dict[str, int]:
-    from shared.db.jobs import get_job
+    from shared.backfill.tracking import job_states
     from shared.db.pool import get_pool
     from shared.producer import FaceauthClient
 
@@ -96,21 +97,21 @@ def reembed_all(target: str, max_in_flight: int, timeout: float) -> dict[str, in
     pending: dict[UUID, str] = {}
     deadline = time.monotonic() + timeout
     bar = tqdm(total=len(todo), desc=f"re-embed to {target}", unit="user")
-    queue = list(todo)
+    queue = deque(todo)
     while (queue or pending) and time.monotonic() < deadline:
         while queue and len(pending) < max_in_flight:
-            user = queue.pop(0)
+            user = queue.popleft()
             job_id = client.submit_reembed(user, idempotency_key=f"reembed:{target}:{user}")
             pending[job_id] = user
         with get_pool(settings).connection() as conn:
-            for job_id in list(pending):
-                job = get_job(conn, job_id)
-                if job is None or not job.status.finished:
-                    continue
-                status = (job.result or {}).get("status") if job.status == "succeeded" else None
-                outcome[status if status in outcome else "failed"] += 1
-                del pending[job_id]
-                bar.update(1)
+            states = job_states(conn, list(pending))  # one query for every job in flight
+        for job_id, state in states.items():
+            if not state.status.finished:
+                continue
+            status = (state.result or {}).get("status") if state.status == "succeeded" else None
+            outcome[status if status in outcome else "failed"] += 1
+            del pending[job_id]
+            bar.update(1)
         time.sleep(0.2)
     bar.close()
     console.print(outcome)
