@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import numpy as np
@@ -23,10 +23,42 @@ from shared.schemas import EnrollRequest, JobStatus
 from workers.job_runner import JobContext, Outcome
 from workers.pipeline.probe import SPOOF_REASON, ImageReport, StageTimer, check_images
 
+if TYPE_CHECKING:
+    from workers.inference.face_pack import FacePack
+
 
 def l2_normalise(v: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     norm = float(np.linalg.norm(v))
     return (v / norm).astype(np.float32) if norm > 0 else v.astype(np.float32)
+
+
+def store_templates(
+    conn: psycopg.Connection,
+    pack: FacePack,
+    *,
+    enrollment_id: UUID,
+    user_id: str,
+    templates: list[template_repo.NewTemplate],
+    liveness_checked: bool,
+    duplicate_of: list[dict[str, Any]],
+) -> list[UUID]:
+    """Register the pack's model version (and its index) and write one enrollment's rows."""
+    template_repo.ensure_model_version(
+        conn,
+        model_name=pack.model_name,
+        model_version=pack.model_version,
+        embedding_dim=pack.embedding_dim,
+    )
+    return template_repo.write_enrollment(
+        conn,
+        enrollment_id=enrollment_id,
+        user_id=user_id,
+        model_name=pack.model_name,
+        model_version=pack.model_version,
+        templates=templates,
+        liveness_checked=liveness_checked,
+        duplicate_of=duplicate_of,
+    )
 
 
 def _reject(
@@ -159,18 +191,11 @@ def enroll(request: EnrollRequest, ctx: JobContext) -> Outcome:
 
     def write(conn: psycopg.Connection) -> None:
         t0 = time.perf_counter()
-        template_repo.ensure_model_version(
+        ids = store_templates(
             conn,
-            model_name=pack.model_name,
-            model_version=pack.model_version,
-            embedding_dim=pack.embedding_dim,
-        )
-        ids = template_repo.write_enrollment(
-            conn,
+            pack,
             enrollment_id=enrollment_id,
             user_id=request.user_id,
-            model_name=pack.model_name,
-            model_version=pack.model_version,
             templates=new_templates,
             liveness_checked=bool(liveness.get("checked")),
             duplicate_of=duplicates,

@@ -18,7 +18,7 @@ from shared.db.audit import append_audit
 from shared.errors import ErrorCode, FaceauthError
 from shared.schemas import ReembedRequest
 from workers.job_runner import JobContext, Outcome
-from workers.pipeline.enrollment import gate_failure, l2_normalise
+from workers.pipeline.enrollment import gate_failure, l2_normalise, store_templates
 from workers.pipeline.probe import StageTimer, check_images
 
 
@@ -75,18 +75,11 @@ def reembed(request: ReembedRequest, ctx: JobContext) -> Outcome:
     }
 
     def write(conn: psycopg.Connection) -> None:
-        template_repo.ensure_model_version(
+        store_templates(
             conn,
-            model_name=pack.model_name,
-            model_version=pack.model_version,
-            embedding_dim=pack.embedding_dim,
-        )
-        template_repo.write_enrollment(
-            conn,
+            pack,
             enrollment_id=ctx.job_id,
             user_id=request.user_id,
-            model_name=pack.model_name,
-            model_version=pack.model_version,
             templates=new,
             liveness_checked=False,
             duplicate_of=[],
