@@ -248,6 +248,7 @@ def write_enrollment(
     """The enrollment job's write stage for one image (same calls, one transaction)."""
     from shared.db import templates as repo
     from shared.db.audit import append_audit
+    from workers.pipeline.enrollment import store_templates
 
     enrollment_id = uuid4()
     templates = [
@@ -255,18 +256,11 @@ def write_enrollment(
         repo.NewTemplate(embedding, True, {"n_sources": 1}, None),
     ]
     with conn.transaction():
-        repo.ensure_model_version(
+        store_templates(
             conn,
-            model_name=pack.model_name,
-            model_version=pack.model_version,
-            embedding_dim=pack.embedding_dim,
-        )
-        repo.write_enrollment(
-            conn,
+            pack,
             enrollment_id=enrollment_id,
             user_id=user,
-            model_name=pack.model_name,
-            model_version=pack.model_version,
             templates=templates,
             liveness_checked=True,
             duplicate_of=[],
