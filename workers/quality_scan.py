@@ -33,7 +33,7 @@ ImageInput = bytes | npt.NDArray[np.uint8]
 OutputFormat = Literal["csv", "json", "parquet"]
 
 # Files a directory scan picks up (compared lower-case); anything else is skipped, not an error.
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})  # what the decoder accepts
 _SUFFIX_FORMATS: dict[str, OutputFormat] = {
     ".csv": "csv",
     ".json": "json",

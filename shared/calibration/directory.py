@@ -22,7 +22,7 @@ from shared.errors import ErrorCode, FaceauthError
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})  # what the decoder accepts
 
 
 @dataclass(frozen=True)
