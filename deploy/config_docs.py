@@ -15,7 +15,7 @@ from shared.paths import REPO_ROOT
 START, END = "<!-- config:start -->", "<!-- config:end -->"
 _DISPLAY_DEFAULTS = {
     "face_pack_dir": "~/.insightface/models/buffalo_l",
-    "database_url": "postgresql://faceauth@localhost:5432/faceauth",
+    "database_url": "postgresql://faceauth_app@localhost:5432/faceauth",
 }
 
 

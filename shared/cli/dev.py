@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import signal
 import time
@@ -21,7 +22,9 @@ DEFAULT_DIR = Path(".faceauth/dev")
 def up(
     data_dir: Path = typer.Option(DEFAULT_DIR, help="where server data and logs live"),
     detach: bool = typer.Option(False, help="leave the stack running; stop it with 'dev down'"),
-    keep_data: bool = typer.Option(False, help="keep the data dir when the stack stops"),
+    keep_data: bool = typer.Option(
+        False, help="keep the data dir when the stack stops (also for 'dev down' after --detach)"
+    ),
     worker: bool = typer.Option(True, help="also start a Celery worker on both queues"),
     flower: bool = typer.Option(True, help="also start Flower (basic auth)"),
 ) -> None:
@@ -30,7 +33,10 @@ def up(
     from deploy.devstack import DevStack
 
     started = time.perf_counter()
-    stack = DevStack(data_dir.resolve(), keep_data=keep_data or detach)
+    # A detached stack records keep_data in its state file: `dev down` removes the data
+    # dir (and the PostgreSQL home outside it) unless --keep-data was asked for here.
+    stack = DevStack(data_dir.resolve(), keep_data=keep_data)
+    handed_over = False
     try:
         endpoints = stack.start_services()
         settings = settings_for(endpoints)
@@ -45,8 +51,11 @@ def up(
             flower_url = stack.start_flower(user="admin", password=password)
             env.update({"FACEAUTH_FLOWER_USER": "admin", "FACEAUTH_FLOWER_PASSWORD": password})
         env_file = data_dir / "env"
-        env_file.write_text("".join(f"export {k}='{v}'\n" for k, v in env.items()))
-        env_file.chmod(0o600)
+        # Created 0600 (it holds the Redis, S3 and Flower credentials), never wider.
+        fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            os.fchmod(fh.fileno(), 0o600)
+            fh.write("".join(f"export {k}='{v}'\n" for k, v in env.items()))
         console.print(f"ready in {time.perf_counter() - started:.1f}s")
         console.print(json.dumps(stack.versions(), indent=2))
         if flower_url:
@@ -54,17 +63,18 @@ def up(
         console.print(f"environment for other shells: source {env_file}")
         if detach:
             stack.write_state(data_dir / "state.json")
+            handed_over = True
             return
         console.print("Ctrl-C stops the stack")
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
     finally:
-        if not detach:
+        if not handed_over:
             stack.stop()
 
 
 @app.command("down")
 def down(data_dir: Path = typer.Option(DEFAULT_DIR, help="the data dir given to 'dev up'")) -> None:
-    """Stop a stack started with 'dev up --detach'."""
+    """Stop a stack started with 'dev up --detach'; remove its data unless it was --keep-data."""
     from deploy.devstack import DevStack
 
     state = data_dir / "state.json"

@@ -15,10 +15,15 @@ db_app = typer.Typer(no_args_is_help=True)
 
 @db_app.command("migrate")
 def migrate() -> None:
-    """Apply pending schema migrations (safe to run repeatedly and concurrently)."""
+    """Apply pending schema migrations as the owner role and grant the application role.
+
+    Safe to run repeatedly and concurrently. Connects with FACEAUTH_MIGRATION_DATABASE_URL
+    (else FACEAUTH_DATABASE_URL) and grants FACEAUTH_DB_APP_ROLE its privileges.
+    """
     from shared.db.migrations import apply_migrations
 
-    applied = apply_migrations(get_settings().database_dsn())
+    settings = get_settings()
+    applied = apply_migrations(settings.migration_dsn(), app_role=settings.db_app_role)
     console.print(f"applied: {applied or 'nothing (schema is current)'}")
 
 

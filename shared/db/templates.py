@@ -59,18 +59,18 @@ def ensure_model_version(
         (model_version, model_name, embedding_dim, has_active is None),
     )
     # A partial HNSW index per version: the planner uses it for queries that repeat the
-    # same expression and predicate (see search_mean_templates).
-    conn.execute(
-        sql.SQL(
-            "CREATE INDEX IF NOT EXISTS {name} ON templates USING hnsw"
-            " ((embedding::{vt}) vector_cosine_ops)"
-            " WHERE model_version = {mv} AND is_active AND is_mean_template"
-        ).format(
-            name=sql.Identifier(hnsw_index_name(model_version)),
-            vt=_vector_type(embedding_dim),
-            mv=sql.Literal(model_version),
+    # same expression and predicate (see search_mean_templates). The application role
+    # owns no table, so the index is built by a SECURITY DEFINER function owned by the
+    # schema owner (deploy/migrations/0003_least_privilege.sql), which derives the same
+    # name as hnsw_index_name.
+    created = conn.execute(
+        "SELECT faceauth_ensure_hnsw_index(%s, %s)", (model_version, int(embedding_dim))
+    ).fetchone()
+    expected = hnsw_index_name(model_version)
+    if created is None or created[0] != expected:
+        raise RuntimeError(
+            f"faceauth_ensure_hnsw_index named the index {created!r}, expected {expected!r}"
         )
-    )
     return has_active is None
 
 

@@ -203,8 +203,8 @@ def running_stack(
 ) -> Iterator[BenchStack]:
     """The embedded dev stack in a fresh temporary dir, with one worker on both queues.
 
-    ``seconds`` records how long the servers and the worker took to come up. Without a
-    worker the migrations are applied here (a worker would do it at start). ``metrics``
+    ``seconds`` records how long the servers and the worker took to come up (the stack
+    applies the migrations before it returns). ``metrics``
     turns on the worker's Prometheus endpoint (multiprocess mode, so the pool child's
     stage histograms are served).
     """
@@ -231,10 +231,6 @@ def running_stack(
                 extra_env={**worker_env(), **env},
             )
             seconds["worker_s"] = time.perf_counter() - t1
-        else:
-            from shared.db.migrations import apply_migrations
-
-            apply_migrations(settings.database_dsn())
         client = FaceauthClient(settings)
         yield BenchStack(stack, endpoints, settings, client, proc, seconds, metrics_url)
     finally:

@@ -12,7 +12,7 @@ from pgvector.psycopg import register_vector
 
 from shared.db import templates as repo
 from shared.db.audit import append_audit
-from shared.db.migrations import apply_migrations, load_migrations
+from shared.db.migrations import apply_migrations, load_migrations, pending_migrations
 
 from .conftest import LiveStack
 
@@ -22,7 +22,9 @@ pytestmark = pytest.mark.integration
 def test_migrations_are_applied_once(live: LiveStack) -> None:
     versions = [m.version for m in load_migrations()]
     assert versions == sorted(versions) and versions[0] == 1
-    assert apply_migrations(live.settings.database_dsn()) == []  # the worker applied them
+    # the dev stack applied them (as the owner) before the worker started
+    assert apply_migrations(live.owner_dsn, app_role=live.settings.db_app_role) == []
+    assert pending_migrations(live.settings.database_dsn()) == []  # the worker's check
     rows = live.sql("SELECT version FROM schema_migrations ORDER BY version")
     assert [r[0] for r in rows] == versions
     ext = live.sql("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
@@ -32,12 +34,77 @@ def test_migrations_are_applied_once(live: LiveStack) -> None:
 def test_audit_log_is_append_only(live: LiveStack) -> None:
     with psycopg.connect(live.settings.database_dsn(), autocommit=True) as conn:
         append_audit(conn, event="test", user_id=None, job_id=None, details={"n": 1})
+        # the application role has no UPDATE/DELETE privilege on it at all...
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("UPDATE audit_log SET event = 'changed'")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("DELETE FROM audit_log")
+        with pytest.raises(ValueError):
+            append_audit(conn, event="x", user_id=None, job_id=None, details={"embedding": [1]})
+    # ...and even its owner is stopped by the trigger
+    with psycopg.connect(live.owner_dsn, autocommit=True) as conn:
         with pytest.raises(psycopg.errors.RaiseException):
             conn.execute("UPDATE audit_log SET event = 'changed'")
         with pytest.raises(psycopg.errors.RaiseException):
             conn.execute("DELETE FROM audit_log")
-        with pytest.raises(ValueError):
-            append_audit(conn, event="x", user_id=None, job_id=None, details={"embedding": [1]})
+        with pytest.raises(psycopg.errors.RaiseException):
+            conn.execute("TRUNCATE audit_log")
+
+
+def test_app_role_has_least_privilege(live: LiveStack) -> None:
+    """Workers, producers and the CLI connect as a role that owns nothing and may not
+    change the schema or rewrite the audit log; the normal work of the other tests
+    (enroll, verify, delete...) runs as this role."""
+    errors = psycopg.errors
+    with psycopg.connect(live.settings.database_dsn(), autocommit=True) as conn:
+        assert conn.info.user == live.settings.db_app_role
+        row = conn.execute(
+            "SELECT rolsuper, rolcreatedb, rolcreaterole, rolbypassrls FROM pg_roles"
+            " WHERE rolname = current_user"
+        ).fetchone()
+        assert row == (False, False, False, False)
+        owned = conn.execute(
+            "SELECT count(*) FROM pg_class WHERE relowner = (SELECT oid FROM pg_roles"
+            " WHERE rolname = current_user)"
+        ).fetchone()
+        assert owned == (0,)
+        # privilege errors (42501): checked before any trigger could run
+        refused = [
+            "ALTER TABLE audit_log DISABLE TRIGGER audit_log_no_update_delete",
+            "ALTER TABLE audit_log DISABLE TRIGGER ALL",
+            "DROP TRIGGER audit_log_no_truncate ON audit_log",
+            "UPDATE audit_log SET event = 'changed'",
+            "DELETE FROM audit_log",
+            "TRUNCATE audit_log",
+            "TRUNCATE templates",
+            "DROP TABLE jobs",
+            "CREATE TABLE intruder (x int)",
+            "CREATE INDEX intruder ON jobs (kind)",
+            "INSERT INTO schema_migrations VALUES (9999, 'x', 'y')",
+            "DELETE FROM schema_migrations",
+            "ALTER FUNCTION audit_log_is_append_only() RENAME TO f",
+            "SET session_replication_role = replica",
+            "SELECT setval('audit_log_audit_id_seq', 1)",
+        ]
+        for statement in refused:
+            with pytest.raises(errors.InsufficientPrivilege):
+                conn.execute(statement)
+        # what it may do
+        append_audit(conn, event="privilege-test", user_id=None, job_id=None, details={})
+        assert conn.execute("SELECT count(*) FROM audit_log").fetchone() is not None
+        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() is not None
+    # The index function validates its input before it builds anything as the owner.
+    with psycopg.connect(live.settings.database_dsn()) as conn:
+        with pytest.raises(errors.InvalidParameterValue):
+            conn.execute("SELECT faceauth_ensure_hnsw_index('never-registered', 8)")
+        conn.rollback()
+        with pytest.raises(errors.InvalidParameterValue):
+            conn.execute("SELECT faceauth_ensure_hnsw_index('x', 0)")
+        conn.rollback()
+    # The owner is no superuser either.
+    with psycopg.connect(live.owner_dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+        assert row == (False,)
 
 
 def test_hnsw_index_per_model_version_is_used(live: LiveStack) -> None:
