@@ -30,6 +30,11 @@ class Settings(BaseSettings):
     )
     queue_inference: str = Field("faceauth.inference", description="queue for GPU inference tasks")
     queue_io: str = Field("faceauth.io", description="queue for CPU / IO tasks")
+    dead_letter_key: str = Field(
+        "faceauth.dead_letter",
+        description="Redis list where a worker puts messages that are not valid task envelopes",
+    )
+    dead_letter_max: int = Field(10_000, ge=0, description="most messages kept in dead_letter_key")
     task_max_retries: int = Field(5, description="retries for transient faults (S3/DB down)")
     task_retry_backoff_max_s: int = Field(60, description="cap on exponential retry backoff")
     task_time_limit_s: int = Field(300, description="hard time limit per task")
@@ -37,10 +42,45 @@ class Settings(BaseSettings):
         3600, description="seconds before an unacknowledged message is redelivered"
     )
 
+    # --- delivery: Postgres is the source of truth, the broker only a transport -------------
+    job_lease_s: int = Field(
+        60,
+        ge=2,
+        description="a running job's lease; renewed every third of it while the job works, and"
+        " a job whose lease ran out (its worker died) is re-published",
+    )
+    job_queued_timeout_s: int = Field(
+        120,
+        ge=1,
+        description="a queued job not started within this is re-published (its message is"
+        " presumed lost); the wait doubles after each re-publication",
+    )
+    job_max_publishes: int = Field(
+        6,
+        ge=1,
+        description="a job published this many times without an outcome ends failed with"
+        " delivery_attempts_exhausted",
+    )
+    reconcile_interval_s: float = Field(
+        5.0, gt=0, description="how often a worker's reconciler looks for stranded jobs"
+    )
+    reconciler_enabled: bool = Field(
+        True, description="run the reconciler in this worker's main process"
+    )
+
     # --- database -----------------------------------------------------------------------------
     database_url: SecretStr = Field(
-        SecretStr("postgresql://faceauth@localhost:5432/faceauth"),
-        description="PostgreSQL DSN (libpq URI or key=value)",
+        SecretStr("postgresql://faceauth_app@localhost:5432/faceauth"),
+        description="PostgreSQL DSN of the application role (libpq URI or key=value)",
+    )
+    migration_database_url: SecretStr | None = Field(
+        None,
+        description="DSN of the owner role that runs `faceauth db migrate` (unset ="
+        " FACEAUTH_DATABASE_URL)",
+    )
+    db_app_role: str = Field(
+        "faceauth_app",
+        description="role that migrations grant the application's privileges to (no ownership)",
     )
     db_pool_min_size: int = Field(1, description="connections kept open per process")
     db_pool_max_size: int = Field(4, description="connection ceiling per process")
@@ -141,6 +181,11 @@ class Settings(BaseSettings):
 
     def database_dsn(self) -> str:
         return self.database_url.get_secret_value()
+
+    def migration_dsn(self) -> str:
+        """The owner role's DSN for migrations (the application DSN when unset)."""
+        url = self.migration_database_url or self.database_url
+        return url.get_secret_value()
 
 
 @lru_cache(maxsize=1)

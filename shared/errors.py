@@ -42,6 +42,9 @@ class ErrorCode(StrEnum):
     BROKER_UNAVAILABLE = "broker_unavailable"
     DATABASE_UNAVAILABLE = "database_unavailable"
     RETRIES_EXHAUSTED = "retries_exhausted"
+    # delivery: the message, not the input, is at fault
+    JOB_CONFLICT = "job_conflict"  # a message names a job whose kind/subject/payload differ
+    DELIVERY_ATTEMPTS_EXHAUSTED = "delivery_attempts_exhausted"  # re-published too often
     INTERNAL = "internal_error"
 
 

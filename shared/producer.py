@@ -11,8 +11,9 @@ at once and an idempotency key is honoured even if the broker is slow.
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
@@ -23,15 +24,17 @@ from shared.celery_config import celery_config
 from shared.config import Settings, get_settings
 from shared.db import jobs as job_repo
 from shared.db.pool import get_pool
+from shared.delivery import celery_publisher
 from shared.errors import ErrorCode
 from shared.schemas import (
     REQUEST_FOR_KIND,
-    TASK_FOR_KIND,
     JobKind,
     JobStatus,
     JobView,
 )
 from shared.storage import ImageStore
+
+log = logging.getLogger(__name__)
 
 ImageInput = bytes | str  # raw encoded bytes to upload, or an existing object key
 
@@ -60,6 +63,7 @@ class FaceauthClient:
         self.store = ImageStore.from_settings(self.settings)
         self.celery = Celery("faceauth-producer")
         self.celery.conf.update(celery_config(self.settings))
+        self._publish = celery_publisher(self.celery)
 
     # --- images -------------------------------------------------------------------------------
     def upload_image(self, data: bytes, *, prefix: str) -> str:
@@ -67,20 +71,63 @@ class FaceauthClient:
         key = f"{prefix.strip('/')}/{uuid4().hex}{ext}"
         return self.store.put(key, data, content_type=mime)
 
-    def _image_keys(self, images: Sequence[ImageInput], prefix: str) -> list[str]:
-        return [
-            img if isinstance(img, str) else self.upload_image(img, prefix=prefix) for img in images
-        ]
-
     @staticmethod
     def _probe_prefix() -> str:
         return "probes/" + datetime.now(UTC).strftime("%Y/%m/%d")
+
+    def _submit_images(
+        self,
+        kind: JobKind,
+        images: Sequence[ImageInput],
+        prefix: str,
+        payload: Callable[[list[str]], dict[str, Any]],
+        idempotency_key: str | None,
+    ) -> UUID:
+        """Upload what is not a key yet, then submit; no upload outlives a job that lost.
+
+        A known idempotency key is answered before anything is uploaded. Two producers
+        racing with one new key both upload; the one whose row was not created removes
+        its objects again, so the bucket holds no image without a job.
+        """
+        if idempotency_key is not None:
+            existing = self.find_job(idempotency_key)
+            if existing is not None:
+                return existing.job_id
+        uploaded: list[str] = []
+        keys: list[str] = []
+        created = False
+        try:
+            for image in images:
+                if isinstance(image, str):
+                    keys.append(image)
+                else:
+                    key = self.upload_image(image, prefix=prefix)
+                    uploaded.append(key)
+                    keys.append(key)
+            job_id, created = self._submit(kind, payload(keys), idempotency_key=idempotency_key)
+        finally:
+            if not created:
+                self._remove_uploads(uploaded)
+        return job_id
+
+    def _remove_uploads(self, keys: list[str]) -> None:
+        for key in keys:
+            try:
+                self.store.delete(key)
+            except Exception as exc:  # best effort: the original error is the one to report
+                log.warning("could not remove upload %s: %s", key, type(exc).__name__)
 
     # --- submission ---------------------------------------------------------------------------
     def submit(
         self, kind: JobKind, payload: dict[str, Any], *, idempotency_key: str | None = None
     ) -> UUID:
         """Record and enqueue a job; with a known idempotency key, return the first job's id."""
+        job_id, _created = self._submit(kind, payload, idempotency_key=idempotency_key)
+        return job_id
+
+    def _submit(
+        self, kind: JobKind, payload: dict[str, Any], *, idempotency_key: str | None
+    ) -> tuple[UUID, bool]:
         job_id = uuid4()
         body = {**payload, "job_id": str(job_id)}
         if idempotency_key is not None:
@@ -95,15 +142,12 @@ class FaceauthClient:
                 user_id=request.subject_user(),
                 image_refs=request.image_refs(),
                 payload=request.model_dump(mode="json"),
+                queued_timeout_s=self.settings.job_queued_timeout_s,
             )
         if not created:
-            return job.job_id
+            return job.job_id, False
         try:
-            self.celery.send_task(
-                str(TASK_FOR_KIND[kind]),
-                kwargs={"payload": request.model_dump(mode="json", exclude_none=True)},
-                task_id=str(job_id),
-            )
+            self._publish(kind, job_id, request.model_dump(mode="json"))
         except Exception as exc:
             with get_pool(self.settings).connection() as conn:
                 job_repo.finish_job(
@@ -115,12 +159,15 @@ class FaceauthClient:
                     error_message=f"could not enqueue ({type(exc).__name__})",
                 )
             raise
-        return job_id
+        return job_id, True
 
     def submit_inspection(self, image: ImageInput, *, idempotency_key: str | None = None) -> UUID:
-        (key,) = self._image_keys([image], self._probe_prefix())
-        return self.submit(
-            JobKind.INSPECT_IMAGE, {"image_key": key}, idempotency_key=idempotency_key
+        return self._submit_images(
+            JobKind.INSPECT_IMAGE,
+            [image],
+            self._probe_prefix(),
+            lambda keys: {"image_key": keys[0]},
+            idempotency_key,
         )
 
     def submit_enrollment(
@@ -131,11 +178,12 @@ class FaceauthClient:
         idempotency_key: str | None = None,
         liveness: bool = True,
     ) -> UUID:
-        keys = self._image_keys(images, f"enroll/{user_id}")
-        return self.submit(
+        return self._submit_images(
             JobKind.ENROLL,
-            {"user_id": user_id, "image_keys": keys, "liveness": liveness},
-            idempotency_key=idempotency_key,
+            images,
+            f"enroll/{user_id}",
+            lambda keys: {"user_id": user_id, "image_keys": keys, "liveness": liveness},
+            idempotency_key,
         )
 
     def submit_verification(
@@ -146,11 +194,12 @@ class FaceauthClient:
         idempotency_key: str | None = None,
         liveness: bool = True,
     ) -> UUID:
-        (key,) = self._image_keys([image], self._probe_prefix())
-        return self.submit(
+        return self._submit_images(
             JobKind.VERIFY,
-            {"user_id": user_id, "image_key": key, "liveness": liveness},
-            idempotency_key=idempotency_key,
+            [image],
+            self._probe_prefix(),
+            lambda keys: {"user_id": user_id, "image_key": keys[0], "liveness": liveness},
+            idempotency_key,
         )
 
     def submit_identification(
@@ -161,19 +210,23 @@ class FaceauthClient:
         idempotency_key: str | None = None,
         liveness: bool = True,
     ) -> UUID:
-        (key,) = self._image_keys([image], self._probe_prefix())
-        return self.submit(
+        return self._submit_images(
             JobKind.IDENTIFY,
-            {"image_key": key, "top_k": top_k, "liveness": liveness},
-            idempotency_key=idempotency_key,
+            [image],
+            self._probe_prefix(),
+            lambda keys: {"image_key": keys[0], "top_k": top_k, "liveness": liveness},
+            idempotency_key,
         )
 
     def submit_quality_scan(
         self, images: Sequence[ImageInput], *, idempotency_key: str | None = None
     ) -> UUID:
-        keys = self._image_keys(images, self._probe_prefix())
-        return self.submit(
-            JobKind.QUALITY_SCAN, {"image_keys": keys}, idempotency_key=idempotency_key
+        return self._submit_images(
+            JobKind.QUALITY_SCAN,
+            images,
+            self._probe_prefix(),
+            lambda keys: {"image_keys": keys},
+            idempotency_key,
         )
 
     def submit_reembed(self, user_id: str, *, idempotency_key: str | None = None) -> UUID:
@@ -195,6 +248,11 @@ class FaceauthClient:
     def get_job(self, job_id: UUID) -> JobView | None:
         with get_pool(self.settings).connection() as conn:
             return job_repo.get_job(conn, job_id)
+
+    def find_job(self, idempotency_key: str) -> JobView | None:
+        """The job submitted under ``idempotency_key``, if any."""
+        with get_pool(self.settings).connection() as conn:
+            return job_repo.find_by_idempotency_key(conn, idempotency_key)
 
     def wait(self, job_id: UUID, timeout: float = 60.0, *, poll_s: float = 0.05) -> JobView:
         """Poll Postgres (the durable record) until the job finished or ``timeout`` passed."""

@@ -50,6 +50,45 @@ MODEL_LOAD_SECONDS = Histogram(
     ["model"],
     buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60),
 )
+# Every metric has labels: in multiprocess mode an unlabelled one opens its file at import,
+# before start_metrics_server has created PROMETHEUS_MULTIPROC_DIR.
+REPUBLISHED = Counter(
+    "faceauth_jobs_republished_total",
+    "Jobs published again by the reconciler, by kind and the status they were stranded in"
+    " (queued: lost message, running: dead worker)",
+    ["kind", "stranded"],
+)
+UNDELIVERABLE = Counter(
+    "faceauth_jobs_undeliverable_total",
+    "Jobs failed with delivery_attempts_exhausted by the reconciler",
+    ["kind"],
+)
+DEAD_LETTERS = Counter(
+    "faceauth_dead_letters_total",
+    "Queue messages that were not valid task envelopes, dropped to the dead-letter list",
+    ["reason"],
+)
+REFUSED_MESSAGES = Counter(
+    "faceauth_refused_messages_total",
+    "Task messages refused without touching a job (job_conflict, foreign job row)",
+    ["reason"],
+)
+
+
+def observe_republished(kind: JobKind, stranded: str) -> None:
+    REPUBLISHED.labels(kind=str(kind), stranded=stranded).inc()
+
+
+def observe_undeliverable(kind: JobKind) -> None:
+    UNDELIVERABLE.labels(kind=str(kind)).inc()
+
+
+def observe_dead_letter(reason: str) -> None:
+    DEAD_LETTERS.labels(reason=reason).inc()
+
+
+def observe_refused(reason: str) -> None:
+    REFUSED_MESSAGES.labels(reason=reason).inc()
 
 
 def observe_job(

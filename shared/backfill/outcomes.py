@@ -78,7 +78,6 @@ class BackfillSummary:
     duplicates_flagged: int = 0
     new_jobs: int = 0
     reused_jobs: int = 0
-    resent_jobs: int = 0
     uploaded_images: int = 0
     seconds: float = 0.0
     aborted: str | None = None

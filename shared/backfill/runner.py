@@ -64,7 +64,7 @@ from shared.db.pool import get_pool
 from shared.db.templates import active_model_version
 from shared.errors import ErrorCode, FaceauthError
 from shared.producer import FaceauthClient, sniff_type
-from shared.schemas import TASK_FOR_KIND, JobKind, JobStatus
+from shared.schemas import JobKind, JobStatus
 from shared.storage import ImageStore
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,6 @@ class BackfillOptions:
     upload_threads: int = 4
     poll_interval_s: float = 0.2
     stall_timeout_s: float = 600.0  # stop when no job finished for this long
-    resend_after_s: float = 300.0  # send a still-queued job's message again after this
     max_consecutive_errors: int = 25
     max_images: int | None = None  # S3 prefix sources: images per user (default: settings)
     outcome_path: Path | None = None
@@ -160,7 +159,6 @@ def _image_reason_codes(result: dict[str, Any] | None) -> list[str]:
 class _InFlight:
     row: ManifestRow
     new_job: bool
-    sent_at: float  # wall clock of the (last) send, for re-sending lost messages
 
 
 @dataclass
@@ -354,7 +352,7 @@ class BackfillRunner:
 
     def _attach(self, row: ManifestRow, job: tracking.JobState) -> None:
         self.summary.reused_jobs += 1
-        self._in_flight[job.job_id] = _InFlight(row, False, job.created_at.timestamp())
+        self._in_flight[job.job_id] = _InFlight(row, False)
 
     # --- submission ---------------------------------------------------------------------------
     def _submit_all(self, rows: list[tuple[ManifestRow, str]], pool: ThreadPoolExecutor) -> None:
@@ -432,7 +430,7 @@ class BackfillRunner:
             return
         self._consecutive_errors = 0
         self.summary.new_jobs += 1
-        self._in_flight[job_id] = _InFlight(row, True, time.time())
+        self._in_flight[job_id] = _InFlight(row, True)
         self._progress.last_activity = time.monotonic()
 
     def _submit_failed(self, row: ManifestRow, code: ErrorCode, exc: Exception) -> None:
@@ -480,32 +478,12 @@ class BackfillRunner:
             for state in finished:
                 flight = self._in_flight.pop(state.job_id)
                 self._finished(flight.row, state, new_job=flight.new_job)
-            self._resend_lost(conn, states)
         now = time.monotonic()
         if finished:
             self._progress.last_activity = now
         elif now - self._progress.last_activity > self.options.stall_timeout_s:
             self._abort(f"no job finished for {self.options.stall_timeout_s:.0f}s", TIMEOUT)
         return bool(finished)
-
-    def _resend_lost(self, conn: psycopg.Connection, states: dict[UUID, tracking.JobState]) -> None:
-        now = time.time()
-        stale = [
-            job_id
-            for job_id, flight in self._in_flight.items()
-            if (state := states.get(job_id)) is not None
-            and state.status is JobStatus.QUEUED
-            and now - flight.sent_at > self.options.resend_after_s
-        ]
-        if not stale:
-            return
-        task = str(TASK_FOR_KIND[JobKind.ENROLL])
-        for job_id, payload in tracking.queued_payloads(conn, stale).items():
-            body = {k: v for k, v in payload.items() if v is not None}
-            self.client.celery.send_task(task, kwargs={"payload": body}, task_id=str(job_id))
-            self._in_flight[job_id].sent_at = now
-            self.summary.resent_jobs += 1
-        log.info("sent %d long-queued job(s) again", len(stale))
 
 
 def run_backfill(

@@ -89,14 +89,3 @@ def job_states(conn: psycopg.Connection, job_ids: Sequence[UUID]) -> dict[UUID, 
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(f"SELECT {_FIELDS} FROM jobs WHERE job_id = ANY(%s)", (list(job_ids),))
         return {row["job_id"]: _state(row) for row in cur.fetchall()}
-
-
-def queued_payloads(conn: psycopg.Connection, job_ids: Sequence[UUID]) -> dict[UUID, Any]:
-    """Stored payloads of those jobs that are still queued (to send their message again)."""
-    if not job_ids:
-        return {}
-    rows = conn.execute(
-        "SELECT job_id, payload FROM jobs WHERE job_id = ANY(%s) AND status = 'queued'",
-        (list(job_ids),),
-    ).fetchall()
-    return {r[0]: r[1] for r in rows}

@@ -31,7 +31,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
     console.print(
         f"{summary['rows_per_second']:.1f} rows/s, {summary['enrollments_per_second']:.1f}"
         f" enrollments/s over {summary['seconds']:.1f}s; jobs new {summary['new_jobs']},"
-        f" reused {summary['reused_jobs']}, re-sent {summary['resent_jobs']};"
+        f" reused {summary['reused_jobs']};"
         f" images uploaded {summary['uploaded_images']}"
     )
     if summary.get("outcome_file"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 from uuid import UUID
 
@@ -9,6 +11,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from shared.errors import ErrorCode
 from shared.schemas import JobKind, JobStatus, JobView
 
 _COLUMNS = (
@@ -40,19 +43,32 @@ def create_job(
     user_id: str | None,
     image_refs: list[str],
     payload: dict[str, Any],
+    queued_timeout_s: float,
 ) -> tuple[JobView, bool]:
     """Insert a queued job unless its id or idempotency key exists; return (job, created).
 
     With a repeated idempotency key the *first* job is returned, so a retried
-    submission can never start a second enrollment.
+    submission can never start a second enrollment. The row is created as published
+    once (its message is sent right after, or is the one being handled) with a lease of
+    ``queued_timeout_s``: if no worker has started it by then, the reconciler sends its
+    message again.
     """
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
-            "INSERT INTO jobs"
-            " (job_id, kind, status, idempotency_key, user_id, image_refs, payload)"
-            " VALUES (%s, %s, 'queued', %s, %s, %s, %s)"
+            "INSERT INTO jobs (job_id, kind, status, idempotency_key, user_id, image_refs,"
+            " payload, publish_count, last_published_at, lease_expires_at)"
+            " VALUES (%s, %s, 'queued', %s, %s, %s, %s, 1, now(),"
+            " now() + make_interval(secs => %s))"
             f" ON CONFLICT DO NOTHING RETURNING {_COLUMNS}",
-            (job_id, str(kind), idempotency_key, user_id, Jsonb(image_refs), Jsonb(payload)),
+            (
+                job_id,
+                str(kind),
+                idempotency_key,
+                user_id,
+                Jsonb(image_refs),
+                Jsonb(payload),
+                queued_timeout_s,
+            ),
         )
         row = cur.fetchone()
         if row is not None:
@@ -68,6 +84,31 @@ def create_job(
     return _view(existing), False
 
 
+def find_by_idempotency_key(conn: psycopg.Connection, key: str) -> JobView | None:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(f"SELECT {_COLUMNS} FROM jobs WHERE idempotency_key = %s", (key,))
+        row = cur.fetchone()
+    return _view(row) if row else None
+
+
+@dataclass(frozen=True)
+class JobIdentity:
+    """What a job row says it is: a message may only run the job it describes."""
+
+    kind: str
+    user_id: str | None
+    payload: dict[str, Any]
+
+
+def job_identity(conn: psycopg.Connection, job_id: UUID) -> JobIdentity | None:
+    row = conn.execute(
+        "SELECT kind, user_id, payload FROM jobs WHERE job_id = %s", (job_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    return JobIdentity(kind=str(row[0]), user_id=row[1], payload=dict(row[2] or {}))
+
+
 def get_job(conn: psycopg.Connection, job_id: UUID) -> JobView | None:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(f"SELECT {_COLUMNS} FROM jobs WHERE job_id = %s", (job_id,))
@@ -75,17 +116,60 @@ def get_job(conn: psycopg.Connection, job_id: UUID) -> JobView | None:
     return _view(row) if row else None
 
 
-def mark_running(conn: psycopg.Connection, job_id: UUID) -> JobView | None:
-    """Move a queued (or redelivered running) job to running; None if it already finished."""
+class ClaimState(StrEnum):
+    CLAIMED = "claimed"  # this delivery now holds the lease and runs the job
+    FINISHED = "finished"  # the job already has its outcome
+    BUSY = "busy"  # another delivery holds a live lease on it
+
+
+def claim_job(
+    conn: psycopg.Connection, job_id: UUID, *, owner: UUID, lease_s: float
+) -> tuple[ClaimState, JobView | None]:
+    """Take the job's lease unless it finished or another live delivery holds it.
+
+    A lease that ran out belongs to a delivery whose worker died (or stalled past
+    its lease): taking it over is what makes a redelivered job run again.
+    """
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
-            f"UPDATE jobs SET status = 'running', attempts = attempts + 1,"
-            f" started_at = coalesce(started_at, now()), updated_at = now()"
-            f" WHERE job_id = %s AND status IN ('queued', 'running') RETURNING {_COLUMNS}",
-            (job_id,),
+            "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = %s,"
+            " lease_expires_at = now() + make_interval(secs => %s),"
+            " started_at = coalesce(started_at, now()), updated_at = now()"
+            " WHERE job_id = %s AND (status = 'queued' OR (status = 'running' AND"
+            " (lease_expires_at IS NULL OR lease_expires_at < now() OR lease_owner = %s)))"
+            f" RETURNING {_COLUMNS}",
+            (owner, lease_s, job_id, owner),
         )
         row = cur.fetchone()
-    return _view(row) if row else None
+    if row is not None:
+        return ClaimState.CLAIMED, _view(row)
+    view = get_job(conn, job_id)
+    if view is None or view.status.finished:
+        return ClaimState.FINISHED, view
+    return ClaimState.BUSY, view
+
+
+def renew_lease(conn: psycopg.Connection, job_id: UUID, *, owner: UUID, lease_s: float) -> bool:
+    """Extend a running job's lease; False when this delivery no longer holds it."""
+    cur = conn.execute(
+        "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => %s)"
+        " WHERE job_id = %s AND status = 'running' AND lease_owner = %s",
+        (lease_s, job_id, owner),
+    )
+    return cur.rowcount == 1
+
+
+def release_lease(
+    conn: psycopg.Connection, job_id: UUID, *, owner: UUID, requeue_in_s: float
+) -> bool:
+    """Give the job back to the queue (a retry is scheduled): the next delivery may claim it."""
+    cur = conn.execute(
+        "UPDATE jobs SET status = 'queued', lease_owner = NULL, updated_at = now(),"
+        " lease_expires_at = now() + make_interval(secs => %s)"
+        " WHERE job_id = %s AND status = 'running' AND lease_owner = %s",
+        (requeue_in_s, job_id, owner),
+    )
+    return cur.rowcount == 1
 
 
 def finish_job(
@@ -100,7 +184,7 @@ def finish_job(
     """Record the outcome once; False when another delivery already finished it."""
     cur = conn.execute(
         "UPDATE jobs SET status = %s, result = %s, error_code = %s, error_message = %s,"
-        " finished_at = now(), updated_at = now()"
+        " finished_at = now(), updated_at = now(), lease_owner = NULL, lease_expires_at = NULL"
         " WHERE job_id = %s AND status IN ('queued', 'running')",
         (
             str(status),
@@ -111,6 +195,73 @@ def finish_job(
         ),
     )
     return cur.rowcount == 1
+
+
+# --- reconciliation -------------------------------------------------------------------------
+# A job without an outcome whose lease ran out has lost its message (queued) or its worker
+# (running). These run inside one transaction of the reconciler; SKIP LOCKED lets several
+# reconcilers (one per worker) sweep at once without publishing a job twice in one round.
+
+_STRANDED = "status IN ('queued', 'running') AND lease_expires_at < now()"
+
+
+@dataclass(frozen=True)
+class StrandedJob:
+    job_id: UUID
+    kind: JobKind
+    status: JobStatus
+    payload: dict[str, Any]
+    publish_count: int
+
+
+def fail_undeliverable(
+    conn: psycopg.Connection, *, max_publishes: int, message: str
+) -> list[tuple[UUID, JobKind]]:
+    """End stranded jobs that were published ``max_publishes`` times already."""
+    code = str(ErrorCode.DELIVERY_ATTEMPTS_EXHAUSTED)
+    rows = conn.execute(
+        "UPDATE jobs SET status = 'failed', error_code = %s, error_message = %s,"
+        " result = jsonb_build_object('code', %s::text, 'message', %s::text),"
+        " finished_at = now(), updated_at = now(), lease_owner = NULL, lease_expires_at = NULL"
+        " WHERE job_id IN (SELECT job_id FROM jobs WHERE "
+        + _STRANDED
+        + " AND publish_count >= %s FOR UPDATE SKIP LOCKED) RETURNING job_id, kind",
+        (code, message, code, message, max_publishes),
+    ).fetchall()
+    return [(r[0], JobKind(r[1])) for r in rows]
+
+
+def lock_stranded(conn: psycopg.Connection, *, max_publishes: int, limit: int) -> list[StrandedJob]:
+    """Lock up to ``limit`` stranded jobs that may be published again, oldest lease first."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "SELECT job_id, kind, status, payload, publish_count FROM jobs WHERE "
+            + _STRANDED
+            + " AND publish_count < %s ORDER BY lease_expires_at LIMIT %s FOR UPDATE SKIP LOCKED",
+            (max_publishes, limit),
+        )
+        rows = cur.fetchall()
+    return [
+        StrandedJob(
+            job_id=r["job_id"],
+            kind=JobKind(r["kind"]),
+            status=JobStatus(r["status"]),
+            payload=dict(r["payload"] or {}),
+            publish_count=int(r["publish_count"]),
+        )
+        for r in rows
+    ]
+
+
+def mark_republished(conn: psycopg.Connection, job_id: UUID, *, queued_timeout_s: float) -> None:
+    """Back to queued with a new message; the next wait is twice as long as the last."""
+    conn.execute(
+        "UPDATE jobs SET status = 'queued', lease_owner = NULL, updated_at = now(),"
+        " publish_count = publish_count + 1, last_published_at = now(),"
+        " lease_expires_at = now() + make_interval(secs => %s * power(2, least(publish_count, 10)))"
+        " WHERE job_id = %s",
+        (queued_timeout_s, job_id),
+    )
 
 
 def counts_by_status(conn: psycopg.Connection, since_s: int) -> dict[str, int]:

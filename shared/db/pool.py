@@ -41,6 +41,9 @@ def get_pool(settings: Settings) -> ConnectionPool:
                 min_size=settings.db_pool_min_size,
                 max_size=settings.db_pool_max_size,
                 configure=_configure,
+                # A connection is checked before it is handed out, so one that a database
+                # restart closed is replaced instead of failing the next statement.
+                check=ConnectionPool.check_connection,
                 open=True,
                 timeout=15,
                 name="faceauth",

@@ -17,6 +17,12 @@ from shared.producer import FaceauthClient
 
 # Short redelivery so a test that kills a worker sees its job come back quickly.
 VISIBILITY_TIMEOUT_S = 10
+# Short leases and a fast reconciler, so stranded jobs come back within seconds.
+DELIVERY_ENV = {
+    "FACEAUTH_JOB_LEASE_S": "4",
+    "FACEAUTH_JOB_QUEUED_TIMEOUT_S": "15",
+    "FACEAUTH_RECONCILE_INTERVAL_S": "0.5",
+}
 
 
 @dataclass
@@ -31,6 +37,7 @@ class LiveStack:
         return {
             **worker_env(),
             "FACEAUTH_BROKER_VISIBILITY_TIMEOUT_S": str(VISIBILITY_TIMEOUT_S),
+            **DELIVERY_ENV,
         }
 
     def restart_worker(self) -> ManagedProcess:
@@ -43,8 +50,20 @@ class LiveStack:
         return self.worker
 
     def sql(self, query: str, *params: object) -> list[tuple[object, ...]]:
+        """As the application role (least privilege: what workers and producers can do)."""
         with psycopg.connect(self.settings.database_dsn(), autocommit=True) as conn:
             return conn.execute(query, params).fetchall()  # type: ignore[arg-type]
+
+    @property
+    def owner_dsn(self) -> str:
+        """The database owner's DSN (migrations, DDL), for tests that need admin rights."""
+        return self.settings.migration_dsn()
+
+    def owner_sql(self, query: str, *params: object) -> list[tuple[object, ...]]:
+        """As the owner role: for tests that really need to change the schema."""
+        with psycopg.connect(self.owner_dsn, autocommit=True) as conn:
+            cur = conn.execute(query, params)  # type: ignore[arg-type]
+            return cur.fetchall() if cur.description is not None else []
 
     def table_counts(self) -> dict[str, int]:
         tables = ("users", "templates", "enrollments", "audit_log", "model_versions")
@@ -75,7 +94,11 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
     stack = DevStack(root)
     try:
         endpoints = stack.start_services()
-        settings = settings_for(endpoints, broker_visibility_timeout_s=VISIBILITY_TIMEOUT_S)
+        settings = settings_for(
+            endpoints,
+            broker_visibility_timeout_s=VISIBILITY_TIMEOUT_S,
+            **{k.removeprefix("FACEAUTH_").lower(): v for k, v in DELIVERY_ENV.items()},
+        )
         holder = LiveStack(stack, endpoints, settings, FaceauthClient(settings), worker=None)  # type: ignore[arg-type]
         holder.worker = stack.start_worker(
             queues=[settings.queue_inference, settings.queue_io], extra_env=holder.worker_env()

@@ -145,7 +145,7 @@ def test_worker_killed_during_backfill_loses_nothing_and_enrolls_nobody_twice(
     n = 16
     prefix = f"bfkill-{uuid4().hex[:6]}"
     manifest = _many_rows_manifest(faces, tmp_path, prefix, n)
-    opts = BackfillOptions(progress=False, max_in_flight=4, chunk_size=5, resend_after_s=60)
+    opts = BackfillOptions(progress=False, max_in_flight=4, chunk_size=5)
     runner = BackfillRunner(live.settings, opts, client=live.client)
     rows = read_manifest(manifest, bucket=live.settings.s3_bucket)
     result: list[BackfillSummary] = []
@@ -194,7 +194,11 @@ def test_backfill_process_killed_and_rerun_resumes(
 
 
 def test_lost_message_is_sent_again(live: LiveStack, faces: Path, tmp_path: Path) -> None:
-    """A job row without a message (producer died between the two) still gets done."""
+    """A job row without a message (producer died between the two) still gets done.
+
+    The backfill waits on the job it finds; the worker's reconciler publishes it again
+    once its queued lease has run out.
+    """
     user = f"bforphan-{uuid4().hex[:6]}"
     key = f"legacy/{user}/1.jpg"
     live.client.store.put(key, photos(faces, "biden")[0].read_bytes(), "image/jpeg")
@@ -217,10 +221,12 @@ def test_lost_message_is_sent_again(live: LiveStack, faces: Path, tmp_path: Path
             user_id=user,
             image_refs=[key],
             payload=request.model_dump(mode="json"),
+            queued_timeout_s=0.5,
         )
-    summary = run(live, manifest, resend_after_s=0.5)
+    summary = run(live, manifest)
     assert (summary.enrolled, summary.new_jobs, summary.reused_jobs) == (1, 0, 1)
-    assert summary.resent_jobs >= 1
+    ((published,),) = live.sql("SELECT publish_count FROM jobs WHERE job_id = %s", request.job_id)
+    assert published == 2  # the row's own publication (lost) and the reconciler's
     assert live.sql("SELECT source_image_key FROM templates WHERE user_id = %s AND NOT"
                     " is_mean_template", user) == [(key,)]  # fmt: skip
 

@@ -53,6 +53,7 @@ def queued_enrollment_without_message(live: LiveStack, user: str, key: str) -> E
             user_id=user,
             image_refs=[key],
             payload=request.model_dump(mode="json"),
+            queued_timeout_s=3600,  # the reconciler leaves it alone during the test
         )
     return request
 

@@ -48,5 +48,5 @@ def calibrate(request: CalibrateRequest, ctx: JobContext) -> Outcome:
 
 
 @app.task(bind=True, name=str(TaskName.CALIBRATE))
-def calibrate_task(self: Task, payload: Any) -> dict[str, Any]:
-    return run_job(self, JobKind.CALIBRATE, payload, calibrate)
+def calibrate_task(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    return run_job(self, JobKind.CALIBRATE, args, kwargs, calibrate)

@@ -13,5 +13,5 @@ from workers.pipeline.deletion import delete_user as delete_user_pipeline
 
 
 @app.task(bind=True, name=str(TaskName.DELETE_USER))
-def delete_user(self: Task, payload: Any) -> dict[str, Any]:
-    return run_job(self, JobKind.DELETE_USER, payload, delete_user_pipeline)
+def delete_user(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    return run_job(self, JobKind.DELETE_USER, args, kwargs, delete_user_pipeline)

@@ -13,5 +13,5 @@ from workers.pipeline.enrollment import enroll as enroll_pipeline
 
 
 @app.task(bind=True, name=str(TaskName.ENROLL))
-def enroll(self: Task, payload: Any) -> dict[str, Any]:
-    return run_job(self, JobKind.ENROLL, payload, enroll_pipeline)
+def enroll(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    return run_job(self, JobKind.ENROLL, args, kwargs, enroll_pipeline)

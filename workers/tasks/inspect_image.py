@@ -43,5 +43,5 @@ def inspect(request: InspectImageRequest, ctx: JobContext) -> Outcome:
 
 
 @app.task(bind=True, name=str(TaskName.INSPECT_IMAGE))
-def inspect_image(self: Task, payload: Any) -> dict[str, Any]:
-    return run_job(self, JobKind.INSPECT_IMAGE, payload, inspect)
+def inspect_image(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    return run_job(self, JobKind.INSPECT_IMAGE, args, kwargs, inspect)

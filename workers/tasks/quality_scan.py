@@ -44,5 +44,5 @@ def scan(request: QualityScanRequest, ctx: JobContext) -> Outcome:
 
 
 @app.task(bind=True, name=str(TaskName.QUALITY_SCAN))
-def quality_scan(self: Task, payload: Any) -> dict[str, Any]:
-    return run_job(self, JobKind.QUALITY_SCAN, payload, scan)
+def quality_scan(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    return run_job(self, JobKind.QUALITY_SCAN, args, kwargs, scan)

@@ -13,5 +13,5 @@ from workers.pipeline.reembed import reembed as reembed_pipeline
 
 
 @app.task(bind=True, name=str(TaskName.REEMBED))
-def reembed(self: Task, payload: Any) -> dict[str, Any]:
-    return run_job(self, JobKind.REEMBED, payload, reembed_pipeline)
+def reembed(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    return run_job(self, JobKind.REEMBED, args, kwargs, reembed_pipeline)

@@ -13,5 +13,5 @@ from workers.pipeline.retention import apply_retention
 
 
 @app.task(bind=True, name=str(TaskName.APPLY_RETENTION))
-def retention(self: Task, payload: Any) -> dict[str, Any]:
-    return run_job(self, JobKind.APPLY_RETENTION, payload, apply_retention)
+def retention(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    return run_job(self, JobKind.APPLY_RETENTION, args, kwargs, apply_retention)

@@ -14,10 +14,10 @@ from workers.pipeline.verification import verify as verify_pipeline
 
 
 @app.task(bind=True, name=str(TaskName.VERIFY))
-def verify(self: Task, payload: Any) -> dict[str, Any]:
-    return run_job(self, JobKind.VERIFY, payload, verify_pipeline)
+def verify(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    return run_job(self, JobKind.VERIFY, args, kwargs, verify_pipeline)
 
 
 @app.task(bind=True, name=str(TaskName.IDENTIFY))
-def identify(self: Task, payload: Any) -> dict[str, Any]:
-    return run_job(self, JobKind.IDENTIFY, payload, identify_pipeline)
+def identify(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    return run_job(self, JobKind.IDENTIFY, args, kwargs, identify_pipeline)

@@ -1,0 +1,95 @@
+"""Sending job messages, and sending them again when Postgres says a job was stranded.
+
+Postgres is the source of truth for delivery; the broker only carries messages.
+A job without an outcome whose lease ran out lost its message (it stayed
+``queued``: a broker restart without persistence, a producer that died between
+the row and the message) or its worker (it stayed ``running``: a killed worker
+process). ``reconcile_once`` publishes such jobs again under the same task id, so
+the task stays idempotent, and ends a job that was published
+``FACEAUTH_JOB_MAX_PUBLISHES`` times with ``delivery_attempts_exhausted``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+import psycopg
+
+from shared.config import Settings
+from shared.db import jobs as job_repo
+from shared.schemas import TASK_FOR_KIND, JobKind
+
+log = logging.getLogger(__name__)
+
+Publisher = Callable[[JobKind, UUID, dict[str, Any]], None]
+
+
+def message_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    """The JSON a task message carries: the request without its unset fields."""
+    return {k: v for k, v in payload.items() if v is not None}
+
+
+def celery_publisher(celery: Any) -> Publisher:
+    """Publish through a Celery app (routing comes from its ``task_routes``)."""
+
+    def publish(kind: JobKind, job_id: UUID, payload: dict[str, Any]) -> None:
+        celery.send_task(
+            str(TASK_FOR_KIND[kind]),
+            kwargs={"payload": message_payload(payload)},
+            task_id=str(job_id),
+        )
+
+    return publish
+
+
+@dataclass
+class ReconcileReport:
+    # (job, kind, status it was stranded in): queued = lost message, running = dead worker
+    republished: list[tuple[UUID, JobKind, str]] = field(default_factory=list)
+    failed: list[tuple[UUID, JobKind]] = field(default_factory=list)
+    publish_errors: int = 0
+
+
+def reconcile_once(
+    conn: psycopg.Connection, publish: Publisher, settings: Settings, *, limit: int = 500
+) -> ReconcileReport:
+    """One sweep: fail jobs published too often, publish the other stranded ones again."""
+    report = ReconcileReport()
+    message = (
+        f"no worker finished this job after {settings.job_max_publishes} deliveries"
+        " (its worker died each time, or no worker serves its queue)"
+    )
+    with conn.transaction():
+        failed = job_repo.fail_undeliverable(
+            conn, max_publishes=settings.job_max_publishes, message=message
+        )
+    report.failed = failed
+    for job_id, kind in failed:
+        log.warning("job %s (%s) failed: delivery attempts exhausted", job_id, kind)
+    with conn.transaction():
+        stranded = job_repo.lock_stranded(
+            conn, max_publishes=settings.job_max_publishes, limit=limit
+        )
+        for job in stranded:
+            try:
+                publish(job.kind, job.job_id, job.payload)
+            except Exception as exc:  # broker down: keep what was sent, retry on the next sweep
+                report.publish_errors += 1
+                log.warning("could not re-publish job %s: %s", job.job_id, type(exc).__name__)
+                break
+            job_repo.mark_republished(
+                conn, job.job_id, queued_timeout_s=settings.job_queued_timeout_s
+            )
+            report.republished.append((job.job_id, job.kind, str(job.status)))
+            log.info(
+                "job %s (%s) was %s past its lease: published again (%d)",
+                job.job_id,
+                job.kind,
+                job.status,
+                job.publish_count + 1,
+            )
+    return report
