@@ -11,21 +11,12 @@ from typing import Any
 from kombu import Exchange, Queue
 
 from shared.config import Settings
-from shared.schemas import TaskName
-
-INFERENCE_TASKS = (
-    TaskName.INSPECT_IMAGE,
-    TaskName.ENROLL,
-    TaskName.VERIFY,
-    TaskName.IDENTIFY,
-    TaskName.QUALITY_SCAN,
-    TaskName.REEMBED,
-)
-IO_TASKS = (TaskName.DELETE_USER, TaskName.APPLY_RETENTION, TaskName.CALIBRATE)
+from shared.schemas import JOBS, JobSpec, QueueRole
 
 
-def queue_for(task: TaskName, settings: Settings) -> str:
-    return settings.queue_inference if task in INFERENCE_TASKS else settings.queue_io
+def queue_for(spec: JobSpec, settings: Settings) -> str:
+    """The queue name a job kind is routed to."""
+    return settings.queue_inference if spec.queue is QueueRole.INFERENCE else settings.queue_io
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -66,11 +57,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             Queue(settings.queue_io, exchange, routing_key=settings.queue_io),
         ),
         "task_routes": {
-            str(name): {
-                "queue": queue_for(name, settings),
-                "routing_key": queue_for(name, settings),
+            spec.task_name: {
+                "queue": queue_for(spec, settings),
+                "routing_key": queue_for(spec, settings),
             }
-            for name in (*INFERENCE_TASKS, *IO_TASKS)
+            for spec in JOBS.values()
         },
         "worker_hijack_root_logger": False,
     }

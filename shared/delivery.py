@@ -21,7 +21,7 @@ import psycopg
 
 from shared.config import Settings
 from shared.db import jobs as job_repo
-from shared.schemas import TASK_FOR_KIND, JobKind
+from shared.schemas import JOBS, JobKind
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def celery_publisher(celery: Any) -> Publisher:
 
     def publish(kind: JobKind, job_id: UUID, payload: dict[str, Any]) -> None:
         celery.send_task(
-            str(TASK_FOR_KIND[kind]),
+            JOBS[kind].task_name,
             kwargs={"payload": message_payload(payload)},
             task_id=str(job_id),
         )

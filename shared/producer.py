@@ -27,7 +27,7 @@ from shared.db.pool import get_pool
 from shared.delivery import celery_publisher
 from shared.errors import ErrorCode
 from shared.schemas import (
-    REQUEST_FOR_KIND,
+    JOBS,
     JobKind,
     JobStatus,
     JobView,
@@ -132,7 +132,7 @@ class FaceauthClient:
         body = {**payload, "job_id": str(job_id)}
         if idempotency_key is not None:
             body["idempotency_key"] = idempotency_key
-        request = REQUEST_FOR_KIND[kind].model_validate(body)  # fail fast, before any write
+        request = JOBS[kind].request.model_validate(body)  # fail fast, before any write
         with get_pool(self.settings).connection() as conn:
             job, created = job_repo.create_job(
                 conn,

@@ -6,6 +6,8 @@ Producers that do not install this package send the same JSON with
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any
 from uuid import UUID
@@ -48,33 +50,6 @@ class JobStatus(StrEnum):
     @property
     def finished(self) -> bool:
         return self in (JobStatus.SUCCEEDED, JobStatus.FAILED)
-
-
-class TaskName(StrEnum):
-    """Stable task names: other services ``send_task`` by these strings."""
-
-    INSPECT_IMAGE = "faceauth.inspect_image"
-    ENROLL = "faceauth.enroll"
-    VERIFY = "faceauth.verify"
-    IDENTIFY = "faceauth.identify"
-    QUALITY_SCAN = "faceauth.quality_scan"
-    DELETE_USER = "faceauth.delete_user"
-    REEMBED = "faceauth.reembed"
-    APPLY_RETENTION = "faceauth.apply_retention"
-    CALIBRATE = "faceauth.calibrate"
-
-
-TASK_FOR_KIND: dict[JobKind, TaskName] = {
-    JobKind.INSPECT_IMAGE: TaskName.INSPECT_IMAGE,
-    JobKind.ENROLL: TaskName.ENROLL,
-    JobKind.VERIFY: TaskName.VERIFY,
-    JobKind.IDENTIFY: TaskName.IDENTIFY,
-    JobKind.QUALITY_SCAN: TaskName.QUALITY_SCAN,
-    JobKind.DELETE_USER: TaskName.DELETE_USER,
-    JobKind.REEMBED: TaskName.REEMBED,
-    JobKind.APPLY_RETENTION: TaskName.APPLY_RETENTION,
-    JobKind.CALIBRATE: TaskName.CALIBRATE,
-}
 
 
 class JobRequest(BaseModel):
@@ -175,17 +150,57 @@ class CalibrateRequest(JobRequest):
     activate: bool = Field(False, description="make the result the active thresholds")
 
 
-REQUEST_FOR_KIND: dict[JobKind, type[JobRequest]] = {
-    JobKind.INSPECT_IMAGE: InspectImageRequest,
-    JobKind.ENROLL: EnrollRequest,
-    JobKind.VERIFY: VerifyRequest,
-    JobKind.IDENTIFY: IdentifyRequest,
-    JobKind.QUALITY_SCAN: QualityScanRequest,
-    JobKind.DELETE_USER: DeleteUserRequest,
-    JobKind.REEMBED: ReembedRequest,
-    JobKind.APPLY_RETENTION: RetentionRequest,
-    JobKind.CALIBRATE: CalibrateRequest,
-}
+class QueueRole(StrEnum):
+    """Which queue a job kind runs on (the names come from FACEAUTH_QUEUE_*)."""
+
+    INFERENCE = "inference"  # model work: GPU workers
+    IO = "io"  # storage and bookkeeping: CPU workers
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything about one job kind, declared once: routing, the producer look-ups, the
+    workers' task registration and the README's task table all derive from ``JOBS``.
+    Workers bind the handler to the kind once, in ``workers/tasks.py``."""
+
+    kind: JobKind
+    request: type[JobRequest]
+    queue: QueueRole
+    summary: str
+
+    @property
+    def task_name(self) -> str:
+        """The stable Celery task name other services ``send_task`` by."""
+        return f"faceauth.{self.kind}"
+
+
+JOBS: Mapping[JobKind, JobSpec] = {
+    spec.kind: spec
+    for spec in (
+        JobSpec(JobKind.INSPECT_IMAGE, InspectImageRequest, QueueRole.INFERENCE,
+                "decode one stored image and count its faces (a deployment smoke test)"),
+        JobSpec(JobKind.ENROLL, EnrollRequest, QueueRole.INFERENCE,
+                "quality-gate, embed and store 1-3 photos of one user"),
+        JobSpec(JobKind.VERIFY, VerifyRequest, QueueRole.INFERENCE,
+                "1:1 verification of a probe against a user's templates"),
+        JobSpec(JobKind.IDENTIFY, IdentifyRequest, QueueRole.INFERENCE,
+                "1:N search of a probe over the HNSW index"),
+        JobSpec(JobKind.QUALITY_SCAN, QualityScanRequest, QueueRole.INFERENCE,
+                "every quality metric of stored images, without enrolling"),
+        JobSpec(JobKind.REEMBED, ReembedRequest, QueueRole.INFERENCE,
+                "re-embed a user's stored images with the worker's model version"),
+        JobSpec(JobKind.DELETE_USER, DeleteUserRequest, QueueRole.IO,
+                "right to erasure: templates, images, pending jobs"),
+        JobSpec(JobKind.APPLY_RETENTION, RetentionRequest, QueueRole.IO,
+                "delete old source images of users who opted out of re-embedding"),
+        JobSpec(JobKind.CALIBRATE, CalibrateRequest, QueueRole.IO,
+                "decision thresholds from the enrolled templates of one model version"),
+    )
+}  # fmt: skip
+if set(JOBS) != set(JobKind):  # a kind without a spec would have no route and no task
+    raise RuntimeError(f"job kinds without a JobSpec: {set(JobKind) - set(JOBS)}")
+
+SPEC_FOR_TASK: Mapping[str, JobSpec] = {spec.task_name: spec for spec in JOBS.values()}
 
 
 class JobView(BaseModel):

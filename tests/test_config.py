@@ -40,3 +40,9 @@ def test_readme_config_table_is_generated_from_settings() -> None:
     from deploy.config_docs import config_table
 
     assert config_table() in (REPO_ROOT / "README.md").read_text()
+
+
+def test_readme_task_table_is_generated_from_the_job_registry() -> None:
+    from deploy.config_docs import task_table
+
+    assert task_table() in (REPO_ROOT / "README.md").read_text()

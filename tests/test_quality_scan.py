@@ -23,7 +23,7 @@ from shared.config import Settings
 from shared.errors import ErrorCode
 from workers.cli_quality import app
 from workers.inference.quality import QualityGate
-from workers.quality_scan import (
+from workers.pipeline.quality_scan import (
     COLUMNS,
     QualityRow,
     parquet_unavailable,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from shared.celery_config import INFERENCE_TASKS, IO_TASKS, celery_config
+from shared.celery_config import celery_config
 from shared.config import Settings
-from shared.schemas import REQUEST_FOR_KIND, EnrollRequest, InspectImageRequest, JobKind, TaskName
+from shared.schemas import JOBS, EnrollRequest, InspectImageRequest, JobKind, QueueRole
 
 
 @pytest.mark.parametrize("key", ["../x.jpg", "a/../b.jpg", "a//b.jpg", "/abs.jpg", "", "x" * 600])
@@ -27,10 +27,20 @@ def test_bad_user_ids_are_refused(user_id: str) -> None:
         EnrollRequest(user_id=user_id, image_keys=["a.jpg"])
 
 
-def test_every_kind_has_a_request_model_and_a_routed_task() -> None:
-    assert set(REQUEST_FOR_KIND) == set(JobKind)
-    routed = set(INFERENCE_TASKS) | set(IO_TASKS)
-    assert routed == set(TaskName)
+def test_every_kind_is_declared_once_and_routed() -> None:
+    assert set(JOBS) == set(JobKind)
+    conf = celery_config(Settings())
+    assert set(conf["task_routes"]) == {spec.task_name for spec in JOBS.values()}
+    assert len({spec.task_name for spec in JOBS.values()}) == len(JobKind)
+    assert all(spec.task_name == f"faceauth.{kind}" for kind, spec in JOBS.items())
+
+
+def test_workers_register_one_task_per_kind() -> None:
+    from workers.tasks import TASKS, JobTask
+
+    assert set(TASKS) == set(JobKind)
+    for kind, task in TASKS.items():
+        assert isinstance(task, JobTask) and task.name == JOBS[kind].task_name
 
 
 def test_celery_config_is_json_only_and_crash_safe() -> None:
@@ -40,5 +50,8 @@ def test_celery_config_is_json_only_and_crash_safe() -> None:
     assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"]
     assert conf["worker_prefetch_multiplier"] == 1
     s = Settings()
-    assert conf["task_routes"][str(TaskName.ENROLL)]["queue"] == s.queue_inference
-    assert conf["task_routes"][str(TaskName.DELETE_USER)]["queue"] == s.queue_io
+    for spec in JOBS.values():
+        queue = s.queue_inference if spec.queue is QueueRole.INFERENCE else s.queue_io
+        assert conf["task_routes"][spec.task_name]["queue"] == queue
+    assert conf["task_routes"]["faceauth.enroll"]["queue"] == s.queue_inference
+    assert conf["task_routes"]["faceauth.delete_user"]["queue"] == s.queue_io

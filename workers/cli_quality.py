@@ -21,7 +21,7 @@ from shared.config import get_settings
 from shared.errors import ModelLoadError
 from workers.inference.face_pack import FacePack, get_face_pack
 from workers.inference.quality import QualityGate
-from workers.quality_scan import (
+from workers.pipeline.quality_scan import (
     QualityRow,
     output_format,
     parquet_unavailable,

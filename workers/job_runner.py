@@ -33,7 +33,7 @@ from pydantic import ValidationError
 
 from shared.db import jobs as job_repo
 from shared.errors import ErrorCode, FaceauthError, TransientError
-from shared.schemas import REQUEST_FOR_KIND, JobKind, JobRequest, JobStatus, JobView
+from shared.schemas import JOBS, JobKind, JobRequest, JobStatus, JobView
 from workers import metrics
 from workers.runtime import WorkerRuntime, runtime
 
@@ -139,7 +139,7 @@ def run_job(
                     f"a {kind} task takes one argument, payload (got {len(args)} positional"
                     f" and {sorted(kwargs)[:5]} keyword arguments)"
                 )
-            request = REQUEST_FOR_KIND[kind].model_validate(raw_payload)
+            request = JOBS[kind].request.model_validate(raw_payload)
         except ValidationError as exc:
             return _fail_unvalidated(rt, kind, task_id, _validation_message(exc))
         except _BadCall as exc:

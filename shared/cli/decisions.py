@@ -92,7 +92,7 @@ def calibrate(
         from pgvector.psycopg import register_vector
 
         from shared.db.templates import active_model_version
-        from workers.calibration_jobs import calibrate_enrolled
+        from workers.pipeline.calibration import calibrate_enrolled
 
         with psycopg.connect(settings.database_dsn()) as conn:
             register_vector(conn)
@@ -101,7 +101,7 @@ def calibrate(
                 raise typer.BadParameter("no model version is registered (nothing enrolled)")
             result = calibrate_enrolled(conn, model_version=version)
     else:
-        from workers.calibration_jobs import calibrate_photos
+        from workers.pipeline.calibration import calibrate_photos
         from workers.inference.face_pack import FacePack
 
         pack = FacePack.load(
@@ -134,7 +134,7 @@ def calibrate(
         import psycopg
 
         from shared.db.calibrations import save_calibration
-        from workers.calibration_jobs import stored_summary
+        from workers.pipeline.calibration import stored_summary
 
         with psycopg.connect(settings.database_dsn()) as conn:
             cal_id = save_calibration(

@@ -15,7 +15,7 @@ from shared.backfill.manifest import read_manifest
 from shared.cli import app
 from shared.db import jobs as job_repo
 from shared.db.pool import get_pool
-from shared.schemas import EnrollRequest, JobKind, TaskName
+from shared.schemas import JOBS, EnrollRequest, JobKind
 
 from .conftest import LiveStack
 
@@ -105,7 +105,7 @@ def test_delete_user_leaves_no_template_or_image_behind(
 
     # The cancelled job's message arriving late must not bring the user back.
     live.client.celery.send_task(
-        str(TaskName.ENROLL),
+        JOBS[JobKind.ENROLL].task_name,
         kwargs={"payload": pending.model_dump(mode="json", exclude_none=True)},
         task_id=str(pending.job_id),
     )

@@ -9,7 +9,7 @@ from uuid import uuid4
 
 import pytest
 
-from shared.schemas import JobKind, TaskName
+from shared.schemas import JOBS, JobKind
 
 from .conftest import LiveStack
 
@@ -111,7 +111,7 @@ def test_malformed_payload_sent_by_name(live: LiveStack, payload: object) -> Non
     task_id = str(uuid4())
     before = live.table_counts()
     live.client.celery.send_task(
-        str(TaskName.INSPECT_IMAGE), kwargs={"payload": payload}, task_id=task_id
+        JOBS[JobKind.INSPECT_IMAGE].task_name, kwargs={"payload": payload}, task_id=task_id
     )
     from uuid import UUID
 
@@ -130,7 +130,7 @@ def test_same_job_id_twice_yields_one_result(live: LiveStack, faces: Path) -> No
     # Redeliver the very same message (same task id = job id), as a broker might.
     payload = {"image_key": key, "job_id": str(job_id)}
     result = live.client.celery.send_task(
-        str(TaskName.INSPECT_IMAGE), kwargs={"payload": payload}, task_id=str(job_id)
+        JOBS[JobKind.INSPECT_IMAGE].task_name, kwargs={"payload": payload}, task_id=str(job_id)
     ).get(timeout=60)
     assert result["job_id"] == str(job_id)
     assert result["status"] == "succeeded"

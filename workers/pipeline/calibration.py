@@ -1,4 +1,4 @@
-"""Calibration over photos on disk (CLI) or over the enrolled database (IO task)."""
+"""Calibration over photos on disk (CLI) or over the enrolled database (the IO-queue job)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,13 @@ import psycopg
 
 from shared.calibration import CalibrationReport, SkipImage, build_report, calibrate_directory
 from shared.config import Settings
+from shared.db import templates as template_repo
+from shared.db.calibrations import save_calibration
 from shared.db.templates import as_array
-from shared.errors import FaceauthError
+from shared.errors import ErrorCode, FaceauthError
 from shared.imaging import decode_image
+from shared.schemas import CalibrateRequest
+from workers.job_runner import JobContext, Outcome
 
 if TYPE_CHECKING:
     from workers.inference.face_pack import FacePack
@@ -105,3 +109,34 @@ def stored_summary(report: CalibrationReport) -> dict[str, Any]:
     """
     data: dict[str, Any] = json.loads(report.to_json())
     return {k: v for k, v in data.items() if k not in RAW_FIELDS}
+
+
+# --- the faceauth.calibrate job (IO queue: needs no model, only stored templates) -------
+
+
+def calibrate_job(request: CalibrateRequest, ctx: JobContext) -> Outcome:
+    with ctx.runtime.pool.connection() as conn:
+        version = request.model_version or template_repo.active_model_version(conn)
+        if version is None:
+            raise FaceauthError(
+                ErrorCode.CALIBRATION_INSUFFICIENT_DATA, "no model version is registered yet"
+            )
+        report = calibrate_enrolled(conn, model_version=version)
+        summary = stored_summary(report)
+        calibration_id = save_calibration(
+            conn,
+            model_version=version,
+            t_low=report.t_low,
+            t_high=report.t_high,
+            report=summary,
+            activate=request.activate,
+        )
+    return Outcome(
+        result={
+            "calibration_id": str(calibration_id),
+            "active": request.activate,
+            **{k: summary[k] for k in ("model_version", "t_low", "t_high", "eer", "roc_auc")},
+            "counts": summary["counts"],
+            "fmr_targets": json.loads(json.dumps(summary["fmr_targets"])),
+        }
+    )

@@ -1,4 +1,4 @@
-"""``faceauth.inspect_image``: fetch one image by reference, decode it, count its faces.
+"""The ``faceauth.inspect_image`` job: fetch one image by reference, decode it, count its faces.
 
 The smallest job that crosses every part of the system (queue, S3, decoder,
 detector, Postgres); operators use it to check a deployment end to end.
@@ -7,13 +7,9 @@ detector, Postgres); operators use it to check a deployment end to end.
 from __future__ import annotations
 
 import time
-from typing import Any
 
-from celery import Task
-
-from shared.schemas import InspectImageRequest, JobKind, TaskName
-from workers.celery_app import app
-from workers.job_runner import JobContext, Outcome, run_job
+from shared.schemas import InspectImageRequest
+from workers.job_runner import JobContext, Outcome
 
 
 def inspect(request: InspectImageRequest, ctx: JobContext) -> Outcome:
@@ -40,8 +36,3 @@ def inspect(request: InspectImageRequest, ctx: JobContext) -> Outcome:
         },
         stage_seconds={"fetch_decode": t1 - t0, "detect": t2 - t1},
     )
-
-
-@app.task(bind=True, name=str(TaskName.INSPECT_IMAGE))
-def inspect_image(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
-    return run_job(self, JobKind.INSPECT_IMAGE, args, kwargs, inspect)

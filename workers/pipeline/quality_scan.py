@@ -26,8 +26,10 @@ from tqdm import tqdm
 from shared.config import Settings, get_settings
 from shared.errors import ErrorCode, FaceauthError
 from shared.imaging import decode_image
+from shared.schemas import QualityScanRequest
 from workers.inference.face_pack import FacePack
 from workers.inference.quality import ImageAssessment, QualityGate
+from workers.job_runner import JobContext, Outcome
 
 ImageInput = bytes | npt.NDArray[np.uint8]
 OutputFormat = Literal["csv", "json", "parquet"]
@@ -284,3 +286,34 @@ def render_table(rows: Iterable[QualityRow], *, title: str | None = "Quality sca
 
 def _fmt(value: float | None, spec: str) -> str:
     return "" if value is None else format(value, spec)
+
+
+# --- the faceauth.quality_scan job ---------------------------------------------------------
+
+
+def quality_scan_job(request: QualityScanRequest, ctx: JobContext) -> Outcome:
+    rt = ctx.runtime
+    pack = rt.face_pack()
+    gate = QualityGate(rt.settings)
+    rows: list[QualityRow] = []
+    for key in request.image_keys:
+        try:
+            data = rt.store.get(key, max_bytes=rt.settings.max_image_bytes)
+        except FaceauthError as exc:
+            if exc.transient:
+                raise
+            rows.append(
+                QualityRow(
+                    path=key, reasons=str(exc.code), messages=exc.message, error=str(exc.code)
+                )
+            )
+            continue
+        rows.append(assess_one(key, data, pack, gate, settings=rt.settings))
+    return Outcome(
+        result={
+            "model_version": pack.model_version,
+            "n_images": len(rows),
+            "n_passed": sum(r.passed for r in rows),
+            "rows": [r.model_dump(mode="json") for r in rows],
+        }
+    )
