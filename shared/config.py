@@ -118,6 +118,16 @@ class Settings(BaseSettings):
     ort_providers: list[str] | None = Field(
         None, description="ONNX Runtime providers; default: CUDA when available, else CPU"
     )
+    worker_load_models_at_start: bool = Field(
+        True,
+        description="an inference worker loads and checks its face pack and liveness model"
+        " when it starts and stops on a model error (turn off for IO-only workers)",
+    )
+    worker_ready_file: Path | None = Field(
+        None,
+        description="file a worker writes once its start checks (schema, models) passed and"
+        " removes when it stops; container healthchecks test for it",
+    )
     ort_intra_op_threads: int = Field(
         default=0, ge=0, description="ONNX Runtime threads per session; 0 = ORT default (all cores)"
     )
@@ -171,7 +181,12 @@ class Settings(BaseSettings):
     )
     # 128: recall@1 0.97 at 1M vectors (0.87 at 64) for ~28 ms p50; see README benchmarks.
     hnsw_ef_search: int = Field(128, description="pgvector hnsw.ef_search for 1:N search")
-    identify_top_k: int = Field(5, description="default number of candidates for 1:N")
+    identify_top_k: int = Field(
+        5,
+        ge=1,
+        le=100,
+        description="candidates a 1:N search returns when the request names no top_k (1-100)",
+    )
 
     # --- monitoring ---------------------------------------------------------------------------
     flower_user: str = Field("admin", description="Flower basic-auth user")

@@ -46,6 +46,9 @@ class ErrorCode(StrEnum):
     JOB_CONFLICT = "job_conflict"  # a message names a job whose kind/subject/payload differ
     DELIVERY_ATTEMPTS_EXHAUSTED = "delivery_attempts_exhausted"  # re-published too often
     INTERNAL = "internal_error"
+    # An erasure found images of the user that appeared after it listed them (an enrollment
+    # committed meanwhile). Transient: the deletion rolls back and its retry lists them too.
+    DELETION_RACE = "deletion_race"
 
 
 class FaceauthError(Exception):

@@ -14,21 +14,14 @@ from typing import Any
 import psycopg
 from pgvector.psycopg import register_vector
 
-from shared.db.templates import as_array
+from shared.db.templates import as_array, user_template_rows
 
 
 def user_templates(
     conn: psycopg.Connection, user_id: str, *, include_inactive: bool = False
 ) -> list[dict[str, Any]]:
     register_vector(conn)
-    rows = conn.execute(
-        "SELECT template_id, user_id, embedding, is_mean_template, model_name, model_version,"
-        " quality, source_image_key, is_active, created_at FROM templates"
-        " WHERE user_id = %s"
-        + ("" if include_inactive else " AND is_active")
-        + " ORDER BY model_version, is_mean_template, created_at, template_id",
-        (user_id,),
-    ).fetchall()
+    rows = user_template_rows(conn, user_id, include_inactive=include_inactive)
     return [
         {
             "template_id": str(r[0]),

@@ -12,7 +12,7 @@ Resolution order for a folder (``LivenessSpec.load``):
    ``faceauth_liveness`` key of that file's ``metadata_props``;
 3. else a built-in spec whose member files are exactly the folder's ``.onnx`` files
    (third-party models that ship without a description, e.g. MiniFASNet; see
-   ``workers/inference/liveness_specs.py``).
+   ``BUILTIN_SPECS`` at the end of this module).
 """
 
 from __future__ import annotations
@@ -187,13 +187,7 @@ class LivenessSpec(BaseModel):
 
 
 def default_builtin_specs() -> tuple[LivenessSpec, ...]:
-    """Specs for known third-party models, shipped with the worker code.
-
-    Imported lazily: the contract lives here (training uses it too) while the built-in
-    descriptions belong to the workers, and ``workers.inference`` imports nothing heavy.
-    """
-    from workers.inference.liveness_specs import BUILTIN_SPECS
-
+    """Specs for known third-party models that ship without ``liveness.json``."""
     return BUILTIN_SPECS
 
 
@@ -262,3 +256,45 @@ def _brief(exc: ValidationError) -> str:
     return "; ".join(
         f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
     )
+
+
+# --- built-in specs ---------------------------------------------------------------------------
+# A folder whose ``.onnx`` files are exactly a built-in spec's member files is described by
+# that spec, so the read-only MiniFASNet folder can be deployed as it is. Plain data, kept
+# beside the contract it instantiates.
+
+
+def _minifasnet_member(file: str, crop_scale: float) -> LivenessMember:
+    # Silent-Face-Anti-Spoofing feeds raw 0-255 BGR 80x80 crops, grows the face box per
+    # side without squaring it, and reads class 1 as "real face".
+    return LivenessMember(
+        file=file,
+        crop_scale=crop_scale,
+        square=False,
+        input_width=80,
+        input_height=80,
+        color_order="BGR",
+        pixel_scale=1.0,
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+        live_class_index=1,
+    )
+
+
+MINIFASNET_V2_V1SE = LivenessSpec(
+    name="minifasnet-v2+v1se",
+    # The upstream release that published these weights (Silent-Face-Anti-Spoofing, 2020).
+    version="2020.1",
+    combine="mean",
+    members=(
+        _minifasnet_member("2.7_80x80_MiniFASNetV2.onnx", 2.7),
+        _minifasnet_member("4_0_0_80x80_MiniFASNetV1SE.onnx", 4.0),
+    ),
+    default_threshold=0.5,
+    training={
+        "source": "minivision-ai/Silent-Face-Anti-Spoofing resources/anti_spoof_models",
+        "licence": "Apache-2.0",
+    },
+)
+
+BUILTIN_SPECS: tuple[LivenessSpec, ...] = (MINIFASNET_V2_V1SE,)

@@ -32,7 +32,7 @@ from shared.schemas import (
     JobStatus,
     JobView,
 )
-from shared.storage import ImageStore
+from shared.storage import ImageStore, user_image_prefix
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ class FaceauthClient:
         return self._submit_images(
             JobKind.ENROLL,
             images,
-            f"enroll/{user_id}",
+            user_image_prefix(user_id),
             lambda keys: {"user_id": user_id, "image_keys": keys, "liveness": liveness},
             idempotency_key,
         )
@@ -206,7 +206,7 @@ class FaceauthClient:
         self,
         image: ImageInput,
         *,
-        top_k: int = 5,
+        top_k: int | None = None,
         idempotency_key: str | None = None,
         liveness: bool = True,
     ) -> UUID:
@@ -214,7 +214,10 @@ class FaceauthClient:
             JobKind.IDENTIFY,
             [image],
             self._probe_prefix(),
-            lambda keys: {"image_key": keys[0], "top_k": top_k, "liveness": liveness},
+            lambda keys: (
+                {"image_key": keys[0], "liveness": liveness}
+                | ({} if top_k is None else {"top_k": top_k})
+            ),
             idempotency_key,
         )
 

@@ -2,7 +2,8 @@
 
 Clients branch on these strings (show "move closer", "too dark", ...), so they live
 in ``shared`` with no model dependencies, and a code, once published, never changes
-meaning. The gate that produces them is ``workers.inference.quality``.
+meaning. The gate that produces them is ``workers.inference.quality``; the liveness
+stage (``workers.pipeline.probe``) adds ``spoof_suspected``.
 """
 
 from __future__ import annotations
@@ -24,3 +25,5 @@ class QualityReasonCode(StrEnum):
     YAW_OUT_OF_RANGE = "yaw_out_of_range"
     PITCH_OUT_OF_RANGE = "pitch_out_of_range"
     FACE_TRUNCATED = "face_truncated"
+    # liveness, scored on the faces that passed the gate
+    SPOOF_SUSPECTED = "spoof_suspected"

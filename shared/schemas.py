@@ -100,7 +100,7 @@ class VerifyRequest(JobRequest):
 
 class IdentifyRequest(JobRequest):
     image_key: ImageKey
-    top_k: int = Field(5, ge=1, le=100)
+    top_k: int | None = Field(None, ge=1, le=100, description="default: FACEAUTH_IDENTIFY_TOP_K")
     liveness: bool = True
 
     def image_refs(self) -> list[str]:

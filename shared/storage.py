@@ -24,6 +24,16 @@ log = logging.getLogger(__name__)
 _MISSING_CODES = {"NoSuchKey", "NoSuchObject", "NoSuchBucket", "NotFound"}
 
 
+def user_image_prefix(user_id: str) -> str:
+    """Where a user's enrollment images are stored (``enroll/<user_id>/``).
+
+    Producers (``FaceauthClient.submit_enrollment``, the backfill) upload under it and
+    the erasure job deletes everything under it: one definition, so no upload path can
+    escape a deletion.
+    """
+    return f"enroll/{user_id}/"
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     key: str
@@ -150,12 +160,6 @@ class ImageStore:
             raise self._translate(exc, prefix) from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise self._unavailable(exc) from exc
-
-    def delete_prefix(self, prefix: str) -> int:
-        keys = self.list_keys(prefix)
-        for key in keys:
-            self.delete(key)
-        return len(keys)
 
     def presigned_get_url(self, key: str) -> str:
         return str(self._client.presigned_get_object(self.bucket, key, expires=self._presign_ttl))

@@ -8,6 +8,7 @@ from uuid import uuid4
 
 import pytest
 
+from shared.backfill.keys import idempotency_key
 from shared.backfill.manifest import (
     BadRow,
     ImageRef,
@@ -19,7 +20,6 @@ from shared.backfill.manifest import (
     resolve_ref,
 )
 from shared.backfill.outcomes import BackfillSummary, RowOutcome, RowStatus, is_retryable
-from shared.backfill.runner import idempotency_key
 
 BUCKET = "faceauth-images"
 

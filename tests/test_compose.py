@@ -417,6 +417,19 @@ def test_long_running_services_have_healthchecks(services: dict[str, dict[str, A
         assert check["test"][0] in ("CMD", "CMD-SHELL") and len(check["test"]) > 1, name
 
 
+def test_workers_are_healthy_only_once_their_start_checks_passed(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name in ("worker-gpu", "worker-io"):
+        service = services[name]
+        ready = service["environment"]["FACEAUTH_WORKER_READY_FILE"]
+        assert str(Path(ready).parent) in service["tmpfs"], name  # gone with the container
+        command = service["healthcheck"]["test"][1]
+        assert command.startswith('test -f "$FACEAUTH_WORKER_READY_FILE" &&'), name  # $$ resolved
+    assert "FACEAUTH_WORKER_LOAD_MODELS_AT_START" not in services["worker-gpu"]["environment"]
+    assert services["worker-io"]["environment"]["FACEAUTH_WORKER_LOAD_MODELS_AT_START"] == "false"
+
+
 def test_dependencies_wait_for_health_or_completion(services: dict[str, dict[str, Any]]) -> None:
     for name, service in services.items():
         for target, spec in (service.get("depends_on") or {}).items():

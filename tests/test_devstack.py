@@ -28,13 +28,10 @@ from celery import Celery
 
 from deploy.devstack import DevStack, DevStackError, ManagedProcess, StackEndpoints, StartupError
 from deploy.devstack.ports import free_port_pairs, free_ports, is_port_free
+from deploy.devstack.postgres_server import postgres_bin_dir, remove_external_home
 from deploy.devstack.processes import ProcessRecord
-from deploy.devstack.services import (
-    postgres_bin_dir,
-    redis_server_binary,
-    remove_external_home,
-    weed_binary,
-)
+from deploy.devstack.redis_server import redis_server_binary
+from deploy.devstack.s3_server import weed_binary
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

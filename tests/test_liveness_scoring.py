@@ -22,10 +22,15 @@ from typer.testing import CliRunner
 
 from shared.config import get_settings
 from shared.errors import ErrorCode, ModelLoadError
-from shared.liveness_spec import ONNX_METADATA_KEY, SPEC_FILENAME, LivenessMember, LivenessSpec
-from workers.cli_liveness import app as liveness_cli
+from shared.liveness_spec import (
+    MINIFASNET_V2_V1SE,
+    ONNX_METADATA_KEY,
+    SPEC_FILENAME,
+    LivenessMember,
+    LivenessSpec,
+)
+from workers.cli.liveness import app as liveness_cli
 from workers.inference.liveness import LivenessScore, LivenessScorer
-from workers.inference.liveness_specs import MINIFASNET_V2_V1SE
 from workers.inference.onnx_session import CPU_PROVIDER, create_session, resolve_providers
 
 SHARED = Path(

@@ -100,6 +100,7 @@ def test_reason_codes_are_the_published_strings() -> None:
         "yaw_out_of_range",
         "pitch_out_of_range",
         "face_truncated",
+        "spoof_suspected",
     ]
 
 

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from shared.config import Settings
 from shared.errors import ErrorCode
-from workers.cli_quality import app
+from workers.cli.quality import app
 from workers.inference.quality import QualityGate
 from workers.pipeline.quality_scan import (
     COLUMNS,

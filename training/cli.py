@@ -1,20 +1,25 @@
-"""``faceauth train ...``: the training sub-commands (mounted by the top-level CLI).
+"""``faceauth train ...``: the training sub-commands.
 
-torch, timm and mediapipe are imported only when a command runs, so ``faceauth --help``
-stays fast and works where the training extra is not installed.
+Contributed to ``faceauth`` through the ``faceauth.commands`` entry-point group
+(``register``). torch, timm and mediapipe are imported only when a command runs, so
+``faceauth --help`` stays fast; where the training extra is not installed, ``train`` is
+listed as unavailable.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from shared.cli.plugins import mount_group
 from shared.config import get_settings
 from training.liveness.config import DetectorChoice, TrainConfig
+
+# Top-level modules of the 'training' extra that ``train liveness`` imports.
+TRAINING_RUNTIME = ("torch", "timm", "mediapipe")
 
 
 def default_serving_face_pack() -> Path | None:
@@ -120,7 +125,7 @@ def liveness(
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # Progress is logged under ``training.*``; the ``faceauth`` root applies FACEAUTH_LOG_LEVEL.
     from training.liveness.train import train_liveness  # heavy: torch, timm, mediapipe
 
     result = train_liveness(config)
@@ -137,3 +142,14 @@ def liveness(
         "metrics": result.metrics,
     }
     typer.echo(json.dumps(summary, indent=2))
+
+
+def register(root: typer.Typer) -> None:
+    """Contribute ``train`` to the ``faceauth`` root."""
+    mount_group(
+        root,
+        "train",
+        "Training jobs (needs the 'training' extra).",
+        lambda: app,
+        requires=TRAINING_RUNTIME,
+    )

@@ -227,14 +227,12 @@ def _commit(
     request: JobRequest | None,
 ) -> JobView:
     with rt.pool.connection() as conn, conn.transaction():
-        row = conn.execute(
-            "SELECT status FROM jobs WHERE job_id = %s FOR UPDATE", (job_id,)
-        ).fetchone()
-        if row is not None and JobStatus(row[0]).finished:
+        status = job_repo.lock_status(conn, job_id)
+        if status is not None and status.finished:
             view = job_repo.get_job(conn, job_id)
             assert view is not None
             return view
-        if row is None:
+        if status is None:
             # The failure came before the job row existed (e.g. the database was down when
             # the job started): record it anyway so the producer sees an outcome.
             job_repo.create_job(

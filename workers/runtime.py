@@ -29,8 +29,10 @@ log = logging.getLogger(__name__)
 
 
 class WorkerRuntime:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, record_metrics: bool = True) -> None:
         self.settings = settings
+        # False for the main process's start check: its loads serve no job.
+        self._record_metrics = record_metrics
         self._lock = threading.Lock()
         self._face_pack: FacePack | None = None
         self._previous_pack: FacePack | None = None
@@ -59,7 +61,8 @@ class WorkerRuntime:
         self.model_load_seconds[key] = time.perf_counter() - started
         from workers import metrics
 
-        metrics.observe_model_load(key, self.model_load_seconds[key])
+        if self._record_metrics:
+            metrics.observe_model_load(key, self.model_load_seconds[key])
         return pack
 
     def previous_face_pack(self) -> FacePack | None:
@@ -110,7 +113,8 @@ class WorkerRuntime:
                     self.model_load_seconds["liveness"] = time.perf_counter() - started
                     from workers import metrics
 
-                    metrics.observe_model_load("liveness", self.model_load_seconds["liveness"])
+                    if self._record_metrics:
+                        metrics.observe_model_load("liveness", self.model_load_seconds["liveness"])
                     log.info(
                         "liveness model %s %s loaded in %.2fs",
                         self._liveness.name,
@@ -119,6 +123,21 @@ class WorkerRuntime:
                     )
                 self._liveness_loaded = True
             return self._liveness
+
+    def load_models(self) -> dict[str, str]:
+        """Load every configured model now; return their versions (for the ready file).
+
+        Raises the model's own error (``ModelLoadError`` with a code and the folder)
+        when a pack or the liveness model is missing or broken.
+        """
+        versions = {"face_pack": self.face_pack().model_version}
+        previous = self.previous_face_pack()
+        if previous is not None:
+            versions["previous_face_pack"] = previous.model_version
+        liveness = self.liveness()
+        if liveness is not None:
+            versions["liveness"] = f"{liveness.name} {liveness.version}"
+        return versions
 
     def fetch_image(self, key: str) -> DecodedImage:
         data = self.store.get(key, max_bytes=self.settings.max_image_bytes)

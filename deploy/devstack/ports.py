@@ -3,7 +3,7 @@
 The kernel hands out a free port when a socket binds to port 0. Between closing
 that probe socket and the server binding the port another process can take it,
 so callers treat "address already in use" at server start as retryable (see
-``services.PortConflict``) instead of trusting these numbers blindly.
+``common.start_with_port_retries``) instead of trusting these numbers blindly.
 """
 
 from __future__ import annotations

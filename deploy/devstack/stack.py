@@ -43,18 +43,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from deploy.devstack.common import remove_globbed, start_with_port_retries
 from deploy.devstack.ports import LOOPBACK, free_port
+from deploy.devstack.postgres_server import PG_APP_ROLE, PostgresServer, remove_external_home
 from deploy.devstack.processes import ManagedProcess, ProcessRecord, StartupError
-from deploy.devstack.services import (
-    PG_APP_ROLE,
-    PostgresServer,
-    RedisServer,
-    S3Server,
-    new_s3_keys,
-    remove_external_home,
-    remove_globbed,
-    start_with_port_retries,
-)
+from deploy.devstack.redis_server import RedisServer
+from deploy.devstack.s3_server import S3Server, new_s3_keys
 
 log = logging.getLogger(__name__)
 

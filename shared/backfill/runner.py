@@ -13,43 +13,33 @@ How a run stays safe to repeat, interrupt and resume:
   infrastructure reason (or succeeded but the user is not enrolled any more, e.g.
   after a model upgrade) is retried under a new key chained from that job's id,
   so every run derives the same next key and the chain cannot fork.
-- At most ``max_in_flight`` jobs are submitted and unfinished at any time; their
-  status is read from Postgres in one query per poll. A million-row manifest
-  therefore never puts more than that many messages in Redis.
+- At most ``max_in_flight`` jobs are submitted and unfinished at any time
+  (``InFlightWindow``); their status is read from Postgres in one query per poll.
+  A million-row manifest therefore never puts more than that many messages in Redis.
 - A job still ``queued`` long after it was sent (its message lost with a crashed
-  producer or a flushed broker) is sent again; the job runner makes duplicate
-  deliveries of one job id harmless.
+  producer or a flushed broker) is sent again by the workers' reconciler; the job
+  runner makes duplicate deliveries of one job id harmless.
+
+The rows come from ``source``, the keys from ``keys``, the bound from ``window``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import logging
-import re
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 
 import psycopg
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from shared.backfill import tracking
-from shared.backfill.manifest import (
-    BadRow,
-    ManifestError,
-    ManifestRow,
-    Row,
-    count_rows,
-    read_manifest,
-    read_prefix_keys,
-)
+from shared.backfill.keys import idempotency_key, upload_key
+from shared.backfill.manifest import BadRow, ManifestRow, Row
 from shared.backfill.outcomes import (
     ABORTED,
     TIMEOUT,
@@ -59,17 +49,18 @@ from shared.backfill.outcomes import (
     RowStatus,
     is_retryable,
 )
+from shared.backfill.source import chunks, open_source
+from shared.backfill.window import InFlightWindow
 from shared.config import Settings, get_settings
+from shared.db.jobs import JobState, jobs_by_key
 from shared.db.pool import get_pool
-from shared.db.templates import active_model_version
+from shared.db.templates import active_model_version, enrolled_users
+from shared.db.users import erased_users
 from shared.errors import ErrorCode, FaceauthError
 from shared.producer import FaceauthClient, sniff_type
 from shared.schemas import JobKind, JobStatus
-from shared.storage import ImageStore
 
 log = logging.getLogger(__name__)
-
-KEY_PREFIX = "backfill:"
 
 
 @dataclass(frozen=True)
@@ -92,61 +83,6 @@ class BackfillOptions:
             raise ValueError("max_in_flight, chunk_size and upload_threads must be positive")
 
 
-def idempotency_key(user_id: str, refs: Sequence[str], after_job: UUID | None = None) -> str:
-    """The row's key; ``after_job`` chains a retry to the failed (or outdated) job it replaces."""
-    digest = hashlib.sha256()
-    for part in (user_id, *refs):
-        digest.update(part.encode())
-        digest.update(b"\0")
-    if after_job is not None:
-        digest.update(b"after:" + after_job.hex.encode())
-    return KEY_PREFIX + digest.hexdigest()[:48]
-
-
-@dataclass(frozen=True)
-class Source:
-    rows: Iterator[Row]
-    total: int | None
-    default_outcome_path: Path
-
-
-def open_source(source: str, settings: Settings, *, max_images: int | None = None) -> Source:
-    """A manifest path (.csv / .jsonl) or ``s3://<bucket>/<prefix>`` laid out per user."""
-    if source.startswith("s3://"):
-        bucket, _, prefix = source[5:].partition("/")
-        if bucket != settings.s3_bucket:
-            raise ManifestError(
-                f"{source}: only the configured bucket {settings.s3_bucket!r} can be enrolled from"
-            )
-        prefix = prefix.strip("/")
-        store = ImageStore.from_settings(settings)
-        # The listing is held in memory (about 100 bytes a key) to sort and count it.
-        keys = sorted(store.list_keys(f"{prefix}/" if prefix else ""))
-        users = {k[len(prefix) + 1 if prefix else 0 :].partition("/")[0] for k in keys}
-        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", prefix) or "bucket"
-        return Source(
-            rows=read_prefix_keys(
-                keys, prefix, max_images=max_images or settings.enroll_max_images
-            ),
-            total=len(users),
-            default_outcome_path=Path(f"backfill-{slug}.outcomes.jsonl"),
-        )
-    path = Path(source)
-    if not path.is_file():
-        raise ManifestError(f"{source}: no such manifest file")
-    return Source(
-        rows=read_manifest(path, bucket=settings.s3_bucket),
-        total=count_rows(path),
-        default_outcome_path=path.with_name(path.name + ".outcomes.jsonl"),
-    )
-
-
-def _chunks(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
-    it = iter(rows)
-    while chunk := list(itertools.islice(it, size)):
-        yield chunk
-
-
 def _image_reason_codes(result: dict[str, Any] | None) -> list[str]:
     if not result:
         return []
@@ -158,7 +94,7 @@ def _image_reason_codes(result: dict[str, Any] | None) -> list[str]:
 @dataclass
 class _InFlight:
     row: ManifestRow
-    new_job: bool
+    new_job: bool  # submitted by this run (False: a job of an earlier run, waited for)
 
 
 @dataclass
@@ -179,7 +115,9 @@ class BackfillRunner:
         self.options = options or BackfillOptions()
         self.client = client or FaceauthClient(self.settings)
         self.summary = BackfillSummary()
-        self._in_flight: dict[UUID, _InFlight] = {}
+        self._in_flight: InFlightWindow[_InFlight] = InFlightWindow(
+            self.settings, self.options.max_in_flight
+        )
         self._model_version = self.options.model_version
         self._consecutive_errors = 0
         self._abort_code = ABORTED
@@ -206,7 +144,7 @@ class BackfillRunner:
                 ThreadPoolExecutor(self.options.upload_threads, "backfill-upload") as pool,
             ):
                 self._writer, self._progress = writer, _Progress(bar=bar)
-                for chunk in _chunks(rows, self.options.chunk_size):
+                for chunk in chunks(rows, self.options.chunk_size):
                     self._process_chunk(chunk, pool)
                     writer.flush()
                     if self.summary.aborted:
@@ -249,7 +187,7 @@ class BackfillRunner:
             RowOutcome(row.line, row.user_id, RowStatus.REJECTED, code=str(code), message=message)
         )
 
-    def _finished(self, row: ManifestRow, job: tracking.JobState, *, new_job: bool) -> None:
+    def _finished(self, row: ManifestRow, job: JobState, *, new_job: bool) -> None:
         result = job.result or {}
         outcome = RowOutcome(row.line, row.user_id, RowStatus.ENROLLED, job_id=str(job.job_id))
         outcome.new_job = new_job
@@ -291,8 +229,8 @@ class BackfillRunner:
             if self._model_version is None:
                 self._model_version = active_model_version(conn)
             users = [r.user_id for r in rows]
-            enrolled = tracking.enrolled_users(conn, users, self._model_version)
-            erased = set() if self.options.include_erased else tracking.erased_users(conn, users)
+            enrolled = enrolled_users(conn, users, self._model_version)
+            erased = set() if self.options.include_erased else erased_users(conn, users)
             todo: list[ManifestRow] = []
             for row in rows:
                 if row.user_id in enrolled:
@@ -320,9 +258,9 @@ class BackfillRunner:
         pending = {idempotency_key(r.user_id, r.refs): r for r in rows}
         to_submit: list[tuple[ManifestRow, str]] = []
         while pending:
-            found = tracking.jobs_by_key(conn, list(pending))
+            found = jobs_by_key(conn, list(pending))
             chained: dict[str, ManifestRow] = {}
-            succeeded: list[tuple[ManifestRow, tracking.JobState]] = []
+            succeeded: list[tuple[ManifestRow, JobState]] = []
             for key, row in pending.items():
                 job = found.get(key)
                 if job is None:
@@ -339,7 +277,7 @@ class BackfillRunner:
                 # The job may have finished after this chunk's enrollment check: look again.
                 if self._model_version is None:
                     self._model_version = active_model_version(conn)
-                now_enrolled = tracking.enrolled_users(
+                now_enrolled = enrolled_users(
                     conn, [row.user_id for row, _ in succeeded], self._model_version
                 )
                 for row, job in succeeded:
@@ -350,9 +288,9 @@ class BackfillRunner:
             pending = chained
         return to_submit
 
-    def _attach(self, row: ManifestRow, job: tracking.JobState) -> None:
+    def _attach(self, row: ManifestRow, job: JobState) -> None:
         self.summary.reused_jobs += 1
-        self._in_flight[job.job_id] = _InFlight(row, False)
+        self._in_flight.add(job.job_id, _InFlight(row, False))
 
     # --- submission ---------------------------------------------------------------------------
     def _submit_all(self, rows: list[tuple[ManifestRow, str]], pool: ThreadPoolExecutor) -> None:
@@ -388,10 +326,7 @@ class BackfillRunner:
                 )
             data = path.read_bytes()
             ext, mime = sniff_type(data)
-            # Same bytes, same key: a resumed run re-uploads onto the same object instead of
-            # leaving orphans, and the key lives under the user's prefix that deletion clears.
-            digest = hashlib.sha256(data).hexdigest()[:32]
-            key = f"enroll/{row.user_id}/backfill-{digest}{ext}"
+            key = upload_key(row.user_id, data, ext)
             self.client.store.put(key, data, content_type=mime)
             keys.append(key)
             uploaded += 1
@@ -430,7 +365,7 @@ class BackfillRunner:
             return
         self._consecutive_errors = 0
         self.summary.new_jobs += 1
-        self._in_flight[job_id] = _InFlight(row, True)
+        self._in_flight.add(job_id, _InFlight(row, True))
         self._progress.last_activity = time.monotonic()
 
     def _submit_failed(self, row: ManifestRow, code: ErrorCode, exc: Exception) -> None:
@@ -452,7 +387,7 @@ class BackfillRunner:
 
     # --- waiting ------------------------------------------------------------------------------
     def _wait_for_capacity(self) -> None:
-        while len(self._in_flight) >= self.options.max_in_flight and not self.summary.aborted:
+        while not self._in_flight.has_room and not self.summary.aborted:
             if not self._poll():
                 time.sleep(self.options.poll_interval_s)
 
@@ -460,24 +395,20 @@ class BackfillRunner:
         while self._in_flight and not self.summary.aborted:
             if not self._poll():
                 time.sleep(self.options.poll_interval_s)
-        for flight in self._in_flight.values():  # aborted: the jobs go on; the next run waits
+        for flight in self._in_flight.clear():  # aborted: the jobs go on; the next run waits
             row = flight.row
             message = "still running when the backfill stopped; the next run picks it up"
             self._record(
                 RowOutcome(row.line, row.user_id, RowStatus.FAILED, self._abort_code, message)
             )
-        self._in_flight.clear()
 
     def _poll(self) -> bool:
         """Read the status of every in-flight job (one query); True when any finished."""
         if not self._in_flight:
             return False
-        with get_pool(self.settings).connection() as conn:
-            states = tracking.job_states(conn, list(self._in_flight))
-            finished = [s for s in states.values() if s.status.finished]
-            for state in finished:
-                flight = self._in_flight.pop(state.job_id)
-                self._finished(flight.row, state, new_job=flight.new_job)
+        finished = self._in_flight.collect()
+        for flight, state in finished:
+            self._finished(flight.row, state, new_job=flight.new_job)
         now = time.monotonic()
         if finished:
             self._progress.last_activity = now

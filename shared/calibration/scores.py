@@ -61,10 +61,6 @@ class CalibrationScores:
     def impostor_sampled(self) -> bool:
         return len(self.impostor) < self.impostor_total_pairs
 
-    @property
-    def mean_template_sampled(self) -> bool:
-        return len(self.mean_template_impostor) < self.mean_template_total_pairs
-
 
 def l2_normalise(vectors: npt.ArrayLike) -> FloatArray:
     """Rows scaled to unit length; raises on zero or non-finite rows."""

@@ -1,15 +1,16 @@
-"""``faceauth verify``, ``identify`` and ``calibrate``."""
+"""``faceauth verify`` and ``identify`` (``calibrate`` is in ``workers.cli.calibrate``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from rich.table import Table
 
 from shared.cli.output import console, print_job
-from shared.config import get_settings
-from shared.schemas import JobView
+
+if TYPE_CHECKING:
+    from shared.schemas import JobView
 
 
 def _print_decision(job: JobView, as_json: bool) -> None:
@@ -53,7 +54,9 @@ def verify(
 
 def identify(
     image: Path = typer.Argument(..., exists=True, dir_okay=False, help="probe photo"),
-    top_k: int = typer.Option(5, "--top-k", min=1, max=100, help="candidates to return"),
+    top_k: int | None = typer.Option(
+        None, "--top-k", min=1, max=100, help="candidates (default FACEAUTH_IDENTIFY_TOP_K)"
+    ),
     no_liveness: bool = typer.Option(False, "--no-liveness", help="skip the liveness check"),
     timeout: float = typer.Option(60.0, help="seconds to wait"),
     as_json: bool = typer.Option(False, "--json", help="print the job as JSON"),
@@ -68,82 +71,3 @@ def identify(
     )
     _print_decision(job, as_json)
     raise typer.Exit(code=0 if job.status == "succeeded" else 1)
-
-
-def calibrate(
-    directory: Path | None = typer.Argument(
-        None, exists=True, file_okay=False, help="one folder of photos per person"
-    ),
-    report: Path = typer.Option(Path("calibration/report.json"), help="report JSON path"),
-    plots: Path | None = typer.Option(None, help="folder for histogram and DET PNGs"),
-    from_db: bool = typer.Option(False, "--from-db", help="use the enrolled templates instead"),
-    face_pack: Path | None = typer.Option(None, help="model pack (default: settings)"),
-    save: bool = typer.Option(False, help="store the calibration in the database"),
-    activate: bool = typer.Option(False, help="store it and make it the active thresholds"),
-) -> None:
-    """Genuine/impostor scores → T_low, T_high, FMR-target thresholds, EER, ROC-AUC."""
-    from shared.calibration.plots import write_plots
-
-    settings = get_settings()
-    if from_db == (directory is not None):
-        raise typer.BadParameter("give either DIRECTORY or --from-db")
-    if from_db:
-        import psycopg
-        from pgvector.psycopg import register_vector
-
-        from shared.db.templates import active_model_version
-        from workers.pipeline.calibration import calibrate_enrolled
-
-        with psycopg.connect(settings.database_dsn()) as conn:
-            register_vector(conn)
-            version = active_model_version(conn)
-            if version is None:
-                raise typer.BadParameter("no model version is registered (nothing enrolled)")
-            result = calibrate_enrolled(conn, model_version=version)
-    else:
-        from workers.pipeline.calibration import calibrate_photos
-        from workers.inference.face_pack import FacePack
-
-        pack = FacePack.load(
-            face_pack or settings.face_pack_dir,
-            det_size=settings.face_det_size,
-            providers=settings.ort_providers,
-        )
-        assert directory is not None
-        result = calibrate_photos(directory, pack, settings)
-    report.parent.mkdir(parents=True, exist_ok=True)
-    result.write(report)
-    table = Table("quantity", "value")
-    table.add_row("model version", result.model_version)
-    table.add_row(
-        "genuine / impostor pairs", f"{len(result.genuine_scores)} / {len(result.impostor_scores)}"
-    )
-    table.add_row("T_low (P99 impostor)", f"{result.t_low:.4f}")
-    table.add_row("T_high (P10 genuine)", f"{result.t_high:.4f}")
-    table.add_row("EER", f"{result.eer:.4f}")
-    table.add_row("ROC-AUC", f"{result.roc_auc:.4f}")
-    for target in result.fmr_targets:
-        value = "n/a" if target.threshold is None else f"{target.threshold:.4f}"
-        note = "" if target.supported else " (not supported by the data)"
-        table.add_row(f"threshold @ FMR {target.target:g}", value + note)
-    console.print(table)
-    if plots is not None:
-        files = write_plots(result, plots)
-        console.print(f"plots: {files.histogram}, {files.det_curve}")
-    if save or activate:
-        import psycopg
-
-        from shared.db.calibrations import save_calibration
-        from workers.pipeline.calibration import stored_summary
-
-        with psycopg.connect(settings.database_dsn()) as conn:
-            cal_id = save_calibration(
-                conn,
-                model_version=result.model_version,
-                t_low=result.t_low,
-                t_high=result.t_high,
-                report=stored_summary(result),
-                activate=activate,
-            )
-        console.print(f"saved calibration {cal_id}{' (active)' if activate else ''}")
-    console.print(f"report: {report}")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
-from shared.schemas import JobView
+if TYPE_CHECKING:  # pydantic models: not needed to print, nor for ``faceauth --help``
+    from shared.schemas import JobView
 
 console = Console()
 

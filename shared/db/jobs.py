@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 from uuid import UUID
@@ -114,6 +116,12 @@ def get_job(conn: psycopg.Connection, job_id: UUID) -> JobView | None:
         cur.execute(f"SELECT {_COLUMNS} FROM jobs WHERE job_id = %s", (job_id,))
         row = cur.fetchone()
     return _view(row) if row else None
+
+
+def lock_status(conn: psycopg.Connection, job_id: UUID) -> JobStatus | None:
+    """The job's status, its row locked until the transaction ends (None: no such row)."""
+    row = conn.execute("SELECT status FROM jobs WHERE job_id = %s FOR UPDATE", (job_id,)).fetchone()
+    return JobStatus(row[0]) if row is not None else None
 
 
 class ClaimState(StrEnum):
@@ -280,3 +288,81 @@ def error_counts(conn: psycopg.Connection, since_s: int) -> dict[str, int]:
         (since_s,),
     ).fetchall()
     return {str(c): int(n) for c, n in rows}
+
+
+# --- users' jobs ----------------------------------------------------------------------------
+
+
+def image_refs_of_user(conn: psycopg.Connection, user_id: str) -> set[str]:
+    """Every image key any job of the user referenced (probes, enrollments, failed ones too)."""
+    rows = conn.execute(
+        "SELECT DISTINCT jsonb_array_elements_text(image_refs) FROM jobs WHERE user_id = %s",
+        (user_id,),
+    ).fetchall()
+    return {str(r[0]) for r in rows}
+
+
+def cancel_user_jobs(
+    conn: psycopg.Connection, user_id: str, *, except_job: Any, except_kind: JobKind, message: str
+) -> list[str]:
+    """Fail the user's queued and running jobs (``user_deleted``) but ``except_job`` and
+    those of ``except_kind``; returns the ids of the jobs it ended."""
+    rows = conn.execute(
+        "UPDATE jobs SET status = 'failed', error_code = %s, error_message = %s,"
+        " finished_at = now(), updated_at = now()"
+        " WHERE user_id = %s AND status IN ('queued', 'running') AND job_id <> %s"
+        " AND kind <> %s RETURNING job_id",
+        (str(ErrorCode.USER_DELETED), message, user_id, except_job, str(except_kind)),
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+# --- batched look-ups (bulk producers: backfill, re-embedding) ------------------------------
+# One query for many jobs, never one each: a bulk producer resumes from these.
+
+
+@dataclass(frozen=True)
+class JobState:
+    job_id: UUID
+    idempotency_key: str | None
+    status: JobStatus
+    error_code: str | None
+    error_message: str | None
+    result: dict[str, Any] | None  # only once finished
+    created_at: datetime
+
+
+_STATE_FIELDS = (
+    "job_id, idempotency_key, status, error_code, error_message, created_at,"
+    " CASE WHEN status IN ('succeeded', 'failed') THEN result END AS result"
+)
+
+
+def _state(row: dict[str, Any]) -> JobState:
+    return JobState(
+        job_id=row["job_id"],
+        idempotency_key=row["idempotency_key"],
+        status=JobStatus(row["status"]),
+        error_code=row["error_code"],
+        error_message=row["error_message"],
+        result=row["result"],
+        created_at=row["created_at"],
+    )
+
+
+def jobs_by_key(conn: psycopg.Connection, keys: Sequence[str]) -> dict[str, JobState]:
+    if not keys:
+        return {}
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            f"SELECT {_STATE_FIELDS} FROM jobs WHERE idempotency_key = ANY(%s)", (list(keys),)
+        )
+        return {row["idempotency_key"]: _state(row) for row in cur.fetchall()}
+
+
+def job_states(conn: psycopg.Connection, job_ids: Sequence[UUID]) -> dict[UUID, JobState]:
+    if not job_ids:
+        return {}
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(f"SELECT {_STATE_FIELDS} FROM jobs WHERE job_id = ANY(%s)", (list(job_ids),))
+        return {row["job_id"]: _state(row) for row in cur.fetchall()}

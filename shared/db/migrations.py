@@ -1,4 +1,4 @@
-"""Apply the versioned SQL files in ``deploy/migrations`` once each, in order; grant access.
+"""Apply the versioned SQL files in ``shared/db/schema`` once each, in order; grant access.
 
 Migrations run as the **owner role** (``FACEAUTH_MIGRATION_DATABASE_URL``, else
 ``FACEAUTH_DATABASE_URL``): it owns the schema objects. The application role
@@ -53,7 +53,7 @@ class MigrationError(RuntimeError):
 
 
 def load_migrations() -> list[Migration]:
-    folder = resources.files("deploy").joinpath("migrations")
+    folder = resources.files("shared.db").joinpath("schema")
     found: list[Migration] = []
     for entry in folder.iterdir():
         match = _NAME_RE.match(entry.name)

@@ -15,7 +15,6 @@ from pgvector.psycopg import register_vector
 from psycopg_pool import ConnectionPool
 
 from shared.config import Settings
-from shared.errors import ErrorCode, TransientError
 
 _lock = threading.Lock()
 _pool: ConnectionPool | None = None
@@ -58,9 +57,3 @@ def close_pool() -> None:
         if _pool is not None and _pool_pid == os.getpid():
             _pool.close()
         _pool = None
-
-
-def database_unavailable(exc: BaseException) -> TransientError:
-    return TransientError(
-        ErrorCode.DATABASE_UNAVAILABLE, f"database unreachable ({type(exc).__name__})"
-    )

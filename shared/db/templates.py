@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID, uuid4
@@ -61,7 +62,7 @@ def ensure_model_version(
     # A partial HNSW index per version: the planner uses it for queries that repeat the
     # same expression and predicate (see search_mean_templates). The application role
     # owns no table, so the index is built by a SECURITY DEFINER function owned by the
-    # schema owner (deploy/migrations/0003_least_privilege.sql), which derives the same
+    # schema owner (shared/db/schema/0003_least_privilege.sql), which derives the same
     # name as hnsw_index_name.
     created = conn.execute(
         "SELECT faceauth_ensure_hnsw_index(%s, %s)", (model_version, int(embedding_dim))
@@ -213,6 +214,106 @@ def active_templates(
 
 def user_exists(conn: psycopg.Connection, user_id: str) -> bool:
     return conn.execute("SELECT 1 FROM users WHERE user_id = %s", (user_id,)).fetchone() is not None
+
+
+def count_active_mean_templates(conn: psycopg.Connection, model_version: str) -> int:
+    """Users a 1:N search over ``model_version`` can return (one active mean template each)."""
+    row = conn.execute(
+        "SELECT count(*) FROM templates WHERE model_version = %s AND is_active"
+        " AND is_mean_template",
+        (model_version,),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def enrolled_users(
+    conn: psycopg.Connection, user_ids: Sequence[str], model_version: str | None
+) -> set[str]:
+    """Those of ``user_ids`` with an active mean template of ``model_version`` (one query)."""
+    if model_version is None or not user_ids:
+        return set()
+    rows = conn.execute(
+        "SELECT DISTINCT user_id FROM templates WHERE is_active AND is_mean_template"
+        " AND model_version = %s AND user_id = ANY(%s)",
+        (model_version, list(user_ids)),
+    ).fetchall()
+    return {str(r[0]) for r in rows}
+
+
+def image_templates_of_version(
+    conn: psycopg.Connection, model_version: str
+) -> list[tuple[str, UUID, npt.NDArray[np.float32], str]]:
+    """(user_id, template_id, embedding, model_name) of every active per-image template of
+    ``model_version``, by user, then in the order they were made."""
+    rows = conn.execute(
+        "SELECT user_id, template_id, embedding, model_name FROM templates"
+        " WHERE model_version = %s AND is_active AND NOT is_mean_template"
+        " ORDER BY user_id, created_at, template_id",
+        (model_version,),
+    ).fetchall()
+    return [(str(r[0]), r[1], as_array(r[2]), str(r[3])) for r in rows]
+
+
+def user_template_rows(
+    conn: psycopg.Connection, user_id: str, *, include_inactive: bool = False
+) -> list[tuple[Any, ...]]:
+    """Every column an export needs of the user's (active, or all) templates, by version."""
+    return conn.execute(
+        "SELECT template_id, user_id, embedding, is_mean_template, model_name, model_version,"
+        " quality, source_image_key, is_active, created_at FROM templates"
+        " WHERE user_id = %s"
+        + ("" if include_inactive else " AND is_active")
+        + " ORDER BY model_version, is_mean_template, created_at, template_id",
+        (user_id,),
+    ).fetchall()
+
+
+# --- source images ----------------------------------------------------------------------------
+
+
+def source_image_keys(conn: psycopg.Connection, user_id: str) -> set[str]:
+    """The objects the user's templates (active or not) were made from."""
+    rows = conn.execute(
+        "SELECT DISTINCT source_image_key FROM templates"
+        " WHERE user_id = %s AND source_image_key IS NOT NULL",
+        (user_id,),
+    ).fetchall()
+    return {str(r[0]) for r in rows}
+
+
+def keys_of_other_users(conn: psycopg.Connection, user_id: str, keys: set[str]) -> set[str]:
+    """Those of ``keys`` another user's template was made from: never delete them.
+
+    Producers may reference existing keys, so one object can back two users; erasing
+    one user must not take away the other's re-embedding source.
+    """
+    if not keys:
+        return set()
+    rows = conn.execute(
+        "SELECT DISTINCT source_image_key FROM templates"
+        " WHERE user_id <> %s AND source_image_key = ANY(%s)",
+        (user_id, sorted(keys)),
+    ).fetchall()
+    return {str(r[0]) for r in rows}
+
+
+def clear_source_keys(conn: psycopg.Connection, user_id: str, keys: set[str]) -> int:
+    """Forget the deleted source objects ``keys`` of the user's templates; rows updated."""
+    cur = conn.execute(
+        "UPDATE templates SET source_image_key = NULL"
+        " WHERE user_id = %s AND source_image_key = ANY(%s)",
+        (user_id, sorted(keys)),
+    )
+    return cur.rowcount
+
+
+def delete_user_templates(conn: psycopg.Connection, user_id: str) -> list[tuple[str | None, bool]]:
+    """Delete every template of the user; (source_image_key, is_active) of each."""
+    rows = conn.execute(
+        "DELETE FROM templates WHERE user_id = %s RETURNING source_image_key, is_active",
+        (user_id,),
+    ).fetchall()
+    return [(r[0], r[1]) for r in rows]
 
 
 @dataclass(frozen=True)

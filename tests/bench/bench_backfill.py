@@ -1,4 +1,4 @@
-"""Issue 6.7: backfill throughput vs the in-process pipeline, with Redis memory and queue depth.
+"""Backfill throughput vs the in-process pipeline, with Redis memory and queue depth.
 
     .venv/bin/python tests/bench/bench_backfill.py [--quick] [--rows 2000] [--max-in-flight 64]
                                                     [--concurrency 1] [--ort-threads 0]

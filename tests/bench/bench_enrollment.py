@@ -1,4 +1,4 @@
-"""Issue 3.9: enrollment images per second through the real queue vs a bare in-process loop.
+"""Enrollment images per second through the real queue vs a bare in-process loop.
 
     .venv/bin/python tests/bench/bench_enrollment.py [--quick] [--rounds 5] [--repeats 5]
                                                       [--ort-threads 0]

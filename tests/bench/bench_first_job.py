@@ -1,4 +1,4 @@
-"""Issue 2: how long ``dev up`` takes to be ready, and the inspect job's round trip.
+"""How long ``dev up`` takes to be ready, and the inspect job's round trip.
 
     .venv/bin/python tests/bench/bench_first_job.py [--quick] [--starts 3] [--jobs 20]
 

@@ -42,7 +42,7 @@ import onnxruntime as ort  # noqa: E402
 from shared.config import get_settings  # noqa: E402
 from shared.errors import ModelLoadError  # noqa: E402
 from shared.liveness_spec import SPEC_FILENAME, LivenessMember, LivenessSpec  # noqa: E402
-from workers.cli_liveness import FaceBoxDetector, largest_face  # noqa: E402
+from workers.inference.face_pack import FacePack  # noqa: E402
 from workers.inference.liveness import LivenessScorer  # noqa: E402
 
 SHARED = Path(os.environ.get("FACEAUTH_SHARED_DIR") or ROOT / ".." / "shared").resolve()
@@ -116,7 +116,7 @@ def effnet_folder(arg: Path, tmp: Path) -> Path:
 
 def load_faces() -> list[Item]:
     """Real photos of ../shared/faces with the largest SCRFD face box of each."""
-    detector = FaceBoxDetector.load(FACE_PACK, det_size=640, min_score=0.5)
+    pack = FacePack.load(FACE_PACK, det_size=640, det_thresh=0.5)
     items: list[Item] = []
     for path in sorted((SHARED / "faces").rglob("*")):
         if path.suffix.lower() not in {".jpg", ".jpeg", ".png"}:
@@ -125,9 +125,9 @@ def load_faces() -> list[Item]:
         if image is None:
             continue
         pixels = np.asarray(image, dtype=np.uint8)
-        face = largest_face(detector.detect(pixels))
-        if face is not None:
-            items.append((pixels, [float(v) for v in face[:4]]))
+        faces = pack.detect(pixels)  # largest box first
+        if faces:
+            items.append((pixels, list(faces[0].bbox)))
     return items
 
 

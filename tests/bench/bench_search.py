@@ -1,4 +1,4 @@
-"""Issue 5.7: 1:N search latency (p50, p95) and recall@1 of HNSW vs exact search.
+"""1:N search latency (p50, p95) and recall@1 of HNSW vs exact search.
 
     .venv/bin/python tests/bench/bench_search.py [--quick] [--sizes 100000,1000000]
         [--intrinsic-dims 0,64] [--probes 200] [--exact-probes 50] [--ef 16,40,64,128]

@@ -1,4 +1,4 @@
-"""Issue 5.7: verify latency end to end through the queue (p50, p95), liveness on.
+"""Verify latency end to end through the queue (p50, p95), liveness on.
 
     .venv/bin/python tests/bench/bench_verify.py [--quick] [--verifications 50]
 

@@ -1,4 +1,4 @@
-"""Issue 6: bulk backfill through the real queue, database, S3 and worker.
+"""Bulk backfill through the real queue, database, S3 and worker.
 
 Also the idempotency-key contract every producer relies on.
 """

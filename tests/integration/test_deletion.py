@@ -1,4 +1,4 @@
-"""Issue 6: right to erasure and source-image retention, through the real stack."""
+"""Right to erasure and source-image retention, through the real stack."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 3: enrollment through the real queue, database and models, on real photos."""
+"""Enrollment through the real queue, database and models, on real photos."""
 
 from __future__ import annotations
 

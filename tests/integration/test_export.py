@@ -1,4 +1,4 @@
-"""Issue 3: a user's templates exported as JSON and Parquet, read back intact."""
+"""A user's templates exported as JSON and Parquet, read back intact."""
 
 from __future__ import annotations
 

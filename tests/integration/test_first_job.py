@@ -1,4 +1,4 @@
-"""Issue 2: a first real job through S3 → Redis → Celery worker → Postgres, and bad input."""
+"""A first real job through S3 → Redis → Celery worker → Postgres, and bad input."""
 
 from __future__ import annotations
 

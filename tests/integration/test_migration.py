@@ -1,4 +1,4 @@
-"""Issue 6: migrating to a second model version (the same pack under another version name)."""
+"""Migrating to a second model version (the same pack under another version name)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 6: ``faceauth status``, Flower behind basic auth, and the worker's Prometheus endpoint."""
+"""``faceauth status``, Flower behind basic auth, and the worker's Prometheus endpoint."""
 
 from __future__ import annotations
 

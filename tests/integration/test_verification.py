@@ -1,4 +1,4 @@
-"""Issue 5: 1:1 verification, 1:N identification, duplicates, calibration — real queue."""
+"""1:1 verification, 1:N identification, duplicates, calibration — real queue."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -40,14 +40,11 @@ class Sample:
 
 def file_sha256(path: Path) -> str | None:
     """Hex sha256 of a file, or None when it cannot be read (it is reported later)."""
-    digest = hashlib.sha256()
     try:
         with path.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
+            return hashlib.file_digest(fh, "sha256").hexdigest()
     except OSError:
         return None
-    return digest.hexdigest()
 
 
 def _images_under(folder: Path) -> list[Path]:
@@ -169,7 +166,3 @@ def load_samples(
     if not found:
         raise ValueError("no images found")
     return assign_splits(found, val_fraction, test_fraction)
-
-
-def by_split(samples: Sequence[Sample], split: Split) -> list[Sample]:
-    return [s for s in samples if s.split == split]

@@ -73,11 +73,8 @@ class DetectedFace:
 
 def file_digest(path: Path) -> str:
     """Short sha256 of a file's bytes (the first 8 hex characters)."""
-    digest = hashlib.sha256()
     with path.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:_DIGEST_CHARS]
+        return hashlib.file_digest(stream, "sha256").hexdigest()[:_DIGEST_CHARS]
 
 
 def pack_version(pack_name: str, files: Sequence[Path]) -> str:

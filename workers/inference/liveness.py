@@ -282,10 +282,8 @@ def _check_member(folder: Path, member: LivenessMember, session: OrtSession) -> 
 def _files_digest(folder: Path, spec: LivenessSpec) -> str:
     digest = hashlib.sha256()
     for member in spec.members:
-        file_hash = hashlib.sha256()
         with (folder / member.file).open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                file_hash.update(chunk)
+            file_hash = hashlib.file_digest(fh, "sha256")
         digest.update(member.file.encode() + b"\0" + file_hash.digest())
     return digest.hexdigest()
 

@@ -16,7 +16,6 @@ from shared.calibration import CalibrationReport, SkipImage, build_report, calib
 from shared.config import Settings
 from shared.db import templates as template_repo
 from shared.db.calibrations import save_calibration
-from shared.db.templates import as_array
 from shared.errors import ErrorCode, FaceauthError
 from shared.imaging import decode_image
 from shared.schemas import CalibrateRequest
@@ -67,19 +66,14 @@ def calibrate_photos(root: Path, pack: FacePack, settings: Settings) -> Calibrat
 
 def calibrate_enrolled(conn: psycopg.Connection, *, model_version: str) -> CalibrationReport:
     """Genuine/impostor scores from the active per-image templates of every enrolled user."""
-    rows = conn.execute(
-        "SELECT user_id, template_id, embedding, model_name FROM templates"
-        " WHERE model_version = %s AND is_active AND NOT is_mean_template"
-        " ORDER BY user_id, created_at, template_id",
-        (model_version,),
-    ).fetchall()
+    rows = template_repo.image_templates_of_version(conn, model_version)
     by_user: dict[str, list[npt.NDArray[np.float32]]] = defaultdict(list)
     names: dict[str, list[str]] = defaultdict(list)
     model_name = ""
     for user_id, template_id, embedding, name in rows:
-        by_user[str(user_id)].append(as_array(embedding))
-        names[str(user_id)].append(str(template_id))
-        model_name = str(name)
+        by_user[user_id].append(embedding)
+        names[user_id].append(str(template_id))
+        model_name = name
     return build_report(
         {u: np.stack(v) for u, v in by_user.items()},
         model_name=model_name,

@@ -10,7 +10,7 @@ user's queued and running jobs are marked ``failed`` (``user_deleted``) first,
 which blocks on, or is seen by, the job runner's ``FOR UPDATE`` re-check, so an
 enrollment in flight can no longer commit templates after the deletion. If an
 enrollment committed images this run did not delete, the transaction rolls back
-and the job is retried.
+and the job is retried (``deletion_race``).
 
 The audit entry records counts only: no keys, no embeddings, no scores.
 """
@@ -23,53 +23,27 @@ from typing import Any
 
 import psycopg
 
+from shared.db import enrollments as enrollment_repo
+from shared.db import jobs as job_repo
+from shared.db import templates as template_repo
+from shared.db import users as user_repo
 from shared.db.audit import append_audit
 from shared.errors import ErrorCode, TransientError
 from shared.schemas import DeleteUserRequest, JobKind
-from shared.storage import ImageStore
+from shared.storage import ImageStore, user_image_prefix
 from workers.job_runner import JobContext, Outcome
 
 log = logging.getLogger(__name__)
 
 
-def user_prefix(user_id: str) -> str:
-    """Where producers upload a user's enrollment images (``FaceauthClient``, backfill)."""
-    return f"enroll/{user_id}/"
-
-
 def candidate_keys(conn: psycopg.Connection, store: ImageStore, user_id: str) -> set[str]:
     """Every object that holds a picture tied to the user."""
-    keys = set(store.list_keys(user_prefix(user_id)))
-    rows = conn.execute(
-        "SELECT DISTINCT source_image_key FROM templates"
-        " WHERE user_id = %s AND source_image_key IS NOT NULL",
-        (user_id,),
-    ).fetchall()
-    keys.update(str(r[0]) for r in rows)
+    keys = set(store.list_keys(user_image_prefix(user_id)))
+    keys.update(template_repo.source_image_keys(conn, user_id))
     # Probe photos of the user's verifications and the images of their enrollment jobs
     # (including failed ones that never produced a template).
-    rows = conn.execute(
-        "SELECT DISTINCT jsonb_array_elements_text(image_refs) FROM jobs WHERE user_id = %s",
-        (user_id,),
-    ).fetchall()
-    keys.update(str(r[0]) for r in rows)
+    keys.update(job_repo.image_refs_of_user(conn, user_id))
     return keys
-
-
-def keys_of_other_users(conn: psycopg.Connection, user_id: str, keys: set[str]) -> set[str]:
-    """Those of ``keys`` another user's template was made from: never delete them.
-
-    Producers may reference existing keys, so one object can back two users; erasing
-    one user must not take away the other's re-embedding source.
-    """
-    if not keys:
-        return set()
-    rows = conn.execute(
-        "SELECT DISTINCT source_image_key FROM templates"
-        " WHERE user_id <> %s AND source_image_key = ANY(%s)",
-        (user_id, sorted(keys)),
-    ).fetchall()
-    return {str(r[0]) for r in rows}
 
 
 @dataclass
@@ -90,23 +64,6 @@ def delete_images(store: ImageStore, keys: set[str], protected: set[str]) -> Del
     return out
 
 
-def _cancel_pending_jobs(conn: psycopg.Connection, user_id: str, own_job: Any) -> list[str]:
-    rows = conn.execute(
-        "UPDATE jobs SET status = 'failed', error_code = %s, error_message = %s,"
-        " finished_at = now(), updated_at = now()"
-        " WHERE user_id = %s AND status IN ('queued', 'running') AND job_id <> %s"
-        " AND kind <> %s RETURNING job_id",
-        (
-            str(ErrorCode.USER_DELETED),
-            "the user was deleted before this job finished",
-            user_id,
-            own_job,
-            str(JobKind.DELETE_USER),
-        ),
-    ).fetchall()
-    return [str(r[0]) for r in rows]
-
-
 def _revoke(task_ids: list[str]) -> None:
     """Best effort: the cancelled jobs are already ``failed``, so a worker that still receives
     one finds it finished and does nothing; revoking only spares it the trip."""
@@ -125,7 +82,7 @@ def delete_user(request: DeleteUserRequest, ctx: JobContext) -> Outcome:
     store = ctx.runtime.store
     with ctx.runtime.pool.connection() as conn:
         keys = candidate_keys(conn, store, user_id)
-        protected = keys_of_other_users(conn, user_id, keys)
+        protected = template_repo.keys_of_other_users(conn, user_id, keys)
     images = delete_images(store, keys, protected)
     result: dict[str, Any] = {
         "user_id": user_id,
@@ -135,27 +92,32 @@ def delete_user(request: DeleteUserRequest, ctx: JobContext) -> Outcome:
     }
 
     def write(conn: psycopg.Connection) -> None:
-        cancelled = _cancel_pending_jobs(conn, user_id, ctx.job_id)
-        templates = conn.execute(
-            "DELETE FROM templates WHERE user_id = %s RETURNING source_image_key, is_active",
-            (user_id,),
-        ).fetchall()
+        cancelled = job_repo.cancel_user_jobs(
+            conn,
+            user_id,
+            except_job=ctx.job_id,
+            except_kind=JobKind.DELETE_USER,
+            message="the user was deleted before this job finished",
+        )
+        templates = template_repo.delete_user_templates(conn, user_id)
         handled = images.deleted | images.missing | images.kept
         late = {str(k) for k, _ in templates if k is not None and str(k) not in handled}
         if late:
-            # An enrollment committed between the listing and now: start over.
+            # An enrollment committed between the listing and now. Retrying is the right
+            # answer (the next attempt lists and deletes those images too), so the error is
+            # transient; it has its own code because storage did nothing wrong.
             raise TransientError(
-                ErrorCode.STORAGE_UNAVAILABLE,
+                ErrorCode.DELETION_RACE,
                 f"{len(late)} image(s) appeared during the deletion; retrying",
             )
-        enrollments = conn.execute("DELETE FROM enrollments WHERE user_id = %s", (user_id,))
-        users = conn.execute("DELETE FROM users WHERE user_id = %s", (user_id,))
+        enrollments_deleted = enrollment_repo.delete_user_enrollments(conn, user_id)
+        user_existed = user_repo.delete_user(conn, user_id)
         result.update(
             {
-                "user_existed": users.rowcount > 0,
+                "user_existed": user_existed,
                 "templates_deleted": len(templates),
                 "active_templates_deleted": sum(1 for _, active in templates if active),
-                "enrollments_deleted": enrollments.rowcount,
+                "enrollments_deleted": enrollments_deleted,
                 "jobs_cancelled": len(cancelled),
             }
         )

@@ -19,9 +19,10 @@ import psycopg
 from shared.db import templates as template_repo
 from shared.db.audit import append_audit
 from shared.errors import ErrorCode, FaceauthError
+from shared.quality_codes import QualityReasonCode
 from shared.schemas import EnrollRequest, JobStatus
 from workers.job_runner import JobContext, Outcome
-from workers.pipeline.probe import SPOOF_REASON, ImageReport, StageTimer, check_images
+from workers.pipeline.probe import ImageReport, StageTimer, check_images
 
 if TYPE_CHECKING:
     from workers.inference.face_pack import FacePack
@@ -81,7 +82,9 @@ def gate_failure(reports: list[ImageReport], timer: StageTimer) -> Outcome | Non
         code = ErrorCode(image_errors[0])
         return _reject(code, f"{len(image_errors)} image(s) could not be read", reports, timer)
     # A suspected presentation attack outranks quality problems (it is a fraud signal).
-    any_spoof = any(reason["code"] == SPOOF_REASON for r in failed for reason in r.reasons)
+    any_spoof = any(
+        reason["code"] == QualityReasonCode.SPOOF_SUSPECTED for r in failed for reason in r.reasons
+    )
     if any_spoof:
         return _reject(
             ErrorCode.LIVENESS_REJECTED,

@@ -51,6 +51,8 @@ def identify(request: IdentifyRequest, ctx: JobContext) -> Outcome:
     t = time.perf_counter()
     probe = pack.embed([report.embed_input()])[0]
     timer.add("align_embed", t)
+    # A request that names no top_k gets the deployment's FACEAUTH_IDENTIFY_TOP_K.
+    top_k = request.top_k if request.top_k is not None else rt.settings.identify_top_k
     t = time.perf_counter()
     with rt.pool.connection() as conn:
         thresholds = active_thresholds(
@@ -59,12 +61,7 @@ def identify(request: IdentifyRequest, ctx: JobContext) -> Outcome:
             default_low=rt.settings.verify_t_low,
             default_high=rt.settings.verify_t_high,
         )
-        count_row = conn.execute(
-            "SELECT count(*) FROM templates WHERE model_version = %s AND is_active"
-            " AND is_mean_template",
-            (pack.model_version,),
-        ).fetchone()
-        n_enrolled = int(count_row[0]) if count_row else 0
+        n_enrolled = template_repo.count_active_mean_templates(conn, pack.model_version)
         # HNSW with a filter can return fewer rows than asked: repeat exactly when short.
         for search in ("hnsw", "exact"):
             hits = template_repo.search_mean_templates(
@@ -72,11 +69,11 @@ def identify(request: IdentifyRequest, ctx: JobContext) -> Outcome:
                 probe,
                 model_version=pack.model_version,
                 embedding_dim=pack.embedding_dim,
-                top_k=request.top_k,
+                top_k=top_k,
                 ef_search=rt.settings.hnsw_ef_search,
                 exact=search == "exact",
             )
-            if len(hits) >= min(request.top_k, n_enrolled):
+            if len(hits) >= min(top_k, n_enrolled):
                 break
     timer.add("search", t)
     result["candidates"] = [

@@ -23,8 +23,6 @@ if TYPE_CHECKING:
     from workers.inference.face_pack import DetectedFace, FacePack
     from workers.runtime import WorkerRuntime
 
-SPOOF_REASON = "spoof_suspected"
-
 
 @dataclass
 class ImageReport:
@@ -123,6 +121,8 @@ def check_images(
 def _score_liveness(
     rt: WorkerRuntime, reports: list[ImageReport], *, enabled: bool, timer: StageTimer
 ) -> dict[str, Any]:
+    from workers.inference.quality import QualityReason
+
     if not enabled:
         return {"checked": False, "reason": "disabled for this job"}
     scorer = rt.liveness()
@@ -144,15 +144,14 @@ def _score_liveness(
         report.quality["spoof_score"] = report.liveness["spoof_score"]
         if score.spoof_score > threshold:
             report.passed = False
-            report.reasons.append(
-                {
-                    "code": SPOOF_REASON,
-                    "value": round(float(score.spoof_score), 4),
-                    "threshold": threshold,
-                    "message": f"possible presentation attack: spoof score "
-                    f"{score.spoof_score:.3f} > {threshold}",
-                }
+            reason = QualityReason(
+                code=QualityReasonCode.SPOOF_SUSPECTED,
+                value=round(float(score.spoof_score), 4),
+                threshold=threshold,
+                message=f"possible presentation attack: spoof score "
+                f"{score.spoof_score:.3f} > {threshold}",
             )
+            report.reasons.append(reason.model_dump(mode="json"))
     return {
         "checked": True,
         "model_name": scorer.name,
@@ -161,8 +160,4 @@ def _score_liveness(
     }
 
 
-def reason_codes(reports: list[ImageReport]) -> set[str]:
-    return {str(r["code"]) for rep in reports for r in rep.reasons}
-
-
-__all__ = ["SPOOF_REASON", "ImageReport", "QualityReasonCode", "StageTimer", "check_images"]
+__all__ = ["ImageReport", "QualityReasonCode", "StageTimer", "check_images"]

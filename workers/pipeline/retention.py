@@ -19,33 +19,13 @@ from typing import Any
 
 import psycopg
 
+from shared.db import templates as template_repo
+from shared.db import users as user_repo
 from shared.db.audit import append_audit
 from shared.errors import ErrorCode, FaceauthError
 from shared.schemas import RetentionRequest
-from shared.storage import ImageStore
+from shared.storage import ImageStore, user_image_prefix
 from workers.job_runner import JobContext, Outcome
-from workers.pipeline.deletion import keys_of_other_users, user_prefix
-
-
-def _opted_out_users(
-    conn: psycopg.Connection, after: str | None, limit: int
-) -> tuple[list[str], bool]:
-    rows = conn.execute(
-        "SELECT user_id FROM users WHERE reembed_opt_out AND user_id > %s"
-        " ORDER BY user_id LIMIT %s",
-        (after or "", limit + 1),
-    ).fetchall()
-    users = [str(r[0]) for r in rows]
-    return users[:limit], len(users) > limit
-
-
-def _template_keys(conn: psycopg.Connection, user_id: str) -> set[str]:
-    rows = conn.execute(
-        "SELECT DISTINCT source_image_key FROM templates"
-        " WHERE user_id = %s AND source_image_key IS NOT NULL",
-        (user_id,),
-    ).fetchall()
-    return {str(r[0]) for r in rows}
 
 
 def _expired_keys(store: ImageStore, keys: set[str], cutoff: datetime) -> tuple[set[str], set[str]]:
@@ -86,11 +66,13 @@ def apply_retention(request: RetentionRequest, ctx: JobContext) -> Outcome:
     store = ctx.runtime.store
 
     with ctx.runtime.pool.connection() as conn:
-        users, more = _opted_out_users(conn, request.after_user, request.max_users)
+        users, more = user_repo.opted_out_users(conn, request.after_user, request.max_users)
         per_user: dict[str, set[str]] = defaultdict(set)  # user -> keys to clear in templates
         for user_id in users:
-            keys = _template_keys(conn, user_id) | set(store.list_keys(user_prefix(user_id)))
-            keys -= keys_of_other_users(conn, user_id, keys)
+            keys = template_repo.source_image_keys(conn, user_id) | set(
+                store.list_keys(user_image_prefix(user_id))
+            )
+            keys -= template_repo.keys_of_other_users(conn, user_id, keys)
             old, missing = _expired_keys(store, keys, cutoff)
             if not request.dry_run:
                 for key in sorted(old):
@@ -108,12 +90,7 @@ def apply_retention(request: RetentionRequest, ctx: JobContext) -> Outcome:
     def write(conn: psycopg.Connection) -> None:
         updated = 0
         for user_id, keys in per_user.items():
-            cur = conn.execute(
-                "UPDATE templates SET source_image_key = NULL"
-                " WHERE user_id = %s AND source_image_key = ANY(%s)",
-                (user_id, sorted(keys)),
-            )
-            updated += cur.rowcount
+            updated += template_repo.clear_source_keys(conn, user_id, keys)
             append_audit(
                 conn,
                 event="source_images_expired",

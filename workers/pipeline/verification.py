@@ -9,6 +9,7 @@ score. Every decision is appended to the audit log without the embedding.
 from __future__ import annotations
 
 import time
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -19,15 +20,18 @@ from shared.db.audit import append_audit
 from shared.db.calibrations import ActiveThresholds, active_thresholds
 from shared.db.templates import StoredTemplate
 from shared.errors import ErrorCode, FaceauthError
+from shared.quality_codes import QualityReasonCode
 from shared.schemas import VerifyRequest
 from workers.job_runner import JobContext, Outcome
-from workers.pipeline.probe import SPOOF_REASON, ImageReport, StageTimer, check_images
+from workers.pipeline.probe import ImageReport, StageTimer, check_images
 
 if TYPE_CHECKING:
     from workers.inference.face_pack import FacePack
 
 
-class Decision:
+class Decision(StrEnum):
+    """What a verification (or a 1:N candidate) concluded; results carry the string."""
+
     ACCEPT = "accept"
     REJECT = "reject"
     STEP_UP = "step_up"
@@ -35,7 +39,7 @@ class Decision:
     LIVENESS_FAILED = "liveness_failed"
 
 
-def decide(score: float, thresholds: ActiveThresholds) -> str:
+def decide(score: float, thresholds: ActiveThresholds) -> Decision:
     if score >= thresholds.t_high:
         return Decision.ACCEPT
     if score < thresholds.t_low:
@@ -43,7 +47,7 @@ def decide(score: float, thresholds: ActiveThresholds) -> str:
     return Decision.STEP_UP
 
 
-def probe_failure_decision(report: ImageReport) -> str | None:
+def probe_failure_decision(report: ImageReport) -> Decision | None:
     """None when the probe is usable; else the decision that names why it is not."""
     if report.error_code:
         raise FaceauthError(ErrorCode(report.error_code), report.reasons[0]["message"])
@@ -52,7 +56,8 @@ def probe_failure_decision(report: ImageReport) -> str | None:
     codes = {r["code"] for r in report.reasons}
     # A suspected presentation attack outranks any quality problem: it is the fraud signal
     # the caller must see, even when the attack photo is also badly posed.
-    return Decision.LIVENESS_FAILED if SPOOF_REASON in codes else Decision.QUALITY_FAILED
+    spoof = QualityReasonCode.SPOOF_SUSPECTED in codes
+    return Decision.LIVENESS_FAILED if spoof else Decision.QUALITY_FAILED
 
 
 def choose_pack(

@@ -12,24 +12,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
 
 from shared.config import get_settings
-from shared.errors import ModelLoadError
-from workers.inference.face_pack import FacePack, get_face_pack
-from workers.inference.quality import QualityGate
-from workers.pipeline.quality_scan import (
-    QualityRow,
-    output_format,
-    parquet_unavailable,
-    reason_counts,
-    render_table,
-    scan_directory,
-    write_rows,
-)
+
+if TYPE_CHECKING:
+    from workers.inference.face_pack import FacePack
+    from workers.pipeline.quality_scan import QualityRow
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +68,19 @@ def scan(
     table: Annotated[bool, typer.Option("--table/--no-table", help="print the table")] = True,
 ) -> None:
     """Detect faces in every image under DIRECTORY and apply the quality gate to each."""
+    # Heavy imports (ONNX Runtime, the face pack) only when scanning: ``faceauth --help``
+    # imports this module too.
+    from shared.errors import ModelLoadError
+    from workers.inference.face_pack import FacePack, get_face_pack
+    from workers.inference.quality import QualityGate
+    from workers.pipeline.quality_scan import (
+        output_format,
+        parquet_unavailable,
+        render_table,
+        scan_directory,
+        write_rows,
+    )
+
     outputs = list(out or [])
     # Refuse a bad suffix, or a format this environment cannot write, before the scan.
     try:
@@ -112,6 +117,8 @@ def scan(
 
 
 def _summary(rows: list[QualityRow], pack: FacePack) -> str:
+    from workers.pipeline.quality_scan import reason_counts
+
     passed = sum(row.passed for row in rows)
     counts = reason_counts(rows)
     reasons = ", ".join(f"{code} {n}" for code, n in counts.most_common()) or "none"

@@ -1,4 +1,8 @@
-"""``faceauth dev up|down`` and ``faceauth demo``: the embedded stack for people."""
+"""``faceauth dev up|down`` and ``faceauth demo``: the embedded stack for people.
+
+Contributed to ``faceauth`` through the ``faceauth.commands`` entry-point group
+(``register``). The dev stack and the demo are imported when a command runs.
+"""
 
 from __future__ import annotations
 
@@ -94,3 +98,11 @@ def demo(
     report = run_demo(keep_data=keep_data)
     failed = [name for name, status in report.enrolled.items() if status != "succeeded"]
     raise typer.Exit(code=1 if failed else 0)
+
+
+def register(root: typer.Typer) -> None:
+    """Contribute ``demo`` and ``dev`` to the ``faceauth`` root."""
+    root.command("demo")(demo)
+    root.add_typer(
+        app, name="dev", help="Embedded dev stack (Redis, Postgres, S3, worker, Flower)."
+    )
