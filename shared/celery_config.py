@@ -11,12 +11,16 @@ from typing import Any
 from kombu import Exchange, Queue
 
 from shared.config import Settings
-from shared.schemas import JOBS, JobSpec, QueueRole
+from shared.schemas import INTERNAL_TASKS, JOBS, JobSpec, QueueRole
 
 
 def queue_for(spec: JobSpec, settings: Settings) -> str:
     """The queue name a job kind is routed to."""
-    return settings.queue_inference if spec.queue is QueueRole.INFERENCE else settings.queue_io
+    return queue_name(spec.queue, settings)
+
+
+def queue_name(role: QueueRole, settings: Settings) -> str:
+    return settings.queue_inference if role is QueueRole.INFERENCE else settings.queue_io
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -62,6 +66,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "routing_key": queue_for(spec, settings),
             }
             for spec in JOBS.values()
+        }
+        | {
+            name: {"queue": queue_name(role, settings), "routing_key": queue_name(role, settings)}
+            for name, role in INTERNAL_TASKS.items()
         },
         "worker_hijack_root_logger": False,
     }

@@ -188,6 +188,38 @@ class Settings(BaseSettings):
         description="candidates a 1:N search returns when the request names no top_k (1-100)",
     )
 
+    # --- HTTP gateway -------------------------------------------------------------------------
+    gateway_host: str = Field("127.0.0.1", description="address the HTTP gateway listens on")
+    gateway_port: int = Field(8080, ge=1, le=65535, description="port of the HTTP gateway")
+    gateway_workers: int = Field(1, ge=1, description="uvicorn worker processes of the gateway")
+    gateway_max_request_bytes: int = Field(
+        50 * 1024 * 1024,
+        description="largest request body; a larger upload is refused with 413 while streaming",
+    )
+    gateway_wait_max_s: float = Field(
+        30.0, gt=0, description="longest `wait` a request may ask for before the answer is 202"
+    )
+    gateway_rate_limit: str = Field(
+        "50/second", description="requests per API key (limits notation, e.g. 50/second)"
+    )
+    gateway_verify_failures_limit: str = Field(
+        "5/15 minutes",
+        description="failed verifications per user_id before 429 (nobody grinds a threshold)",
+    )
+    # --- webhooks -----------------------------------------------------------------------------
+    webhook_timeout_s: float = Field(10.0, gt=0, description="timeout of one webhook POST")
+    webhook_max_attempts: int = Field(
+        15, ge=1, description="delivery attempts of one webhook event before it is failed"
+    )
+    webhook_backoff_max_s: float = Field(
+        3600.0, gt=0, description="longest wait between two attempts (exponential, full jitter)"
+    )
+    webhook_allow_private_networks: bool = Field(
+        False,
+        description="allow callback URLs that resolve to private, loopback, link-local or"
+        " metadata addresses (dev and tests only: SSRF)",
+    )
+
     # --- monitoring ---------------------------------------------------------------------------
     flower_user: str = Field("admin", description="Flower basic-auth user")
     flower_password: SecretStr = Field(SecretStr(""), description="Flower basic-auth password")

@@ -43,6 +43,7 @@ class ErrorCode(StrEnum):
     DATABASE_UNAVAILABLE = "database_unavailable"
     RETRIES_EXHAUSTED = "retries_exhausted"
     # delivery: the message, not the input, is at fault
+    IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"  # same key, different request
     JOB_CONFLICT = "job_conflict"  # a message names a job whose kind/subject/payload differ
     DELIVERY_ATTEMPTS_EXHAUSTED = "delivery_attempts_exhausted"  # re-published too often
     INTERNAL = "internal_error"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
@@ -25,7 +26,7 @@ from shared.config import Settings, get_settings
 from shared.db import jobs as job_repo
 from shared.db.pool import get_pool
 from shared.delivery import celery_publisher
-from shared.errors import ErrorCode
+from shared.errors import ErrorCode, FaceauthError
 from shared.schemas import (
     JOBS,
     JobKind,
@@ -57,6 +58,32 @@ class JobTimeout(TimeoutError):
     pass
 
 
+class IdempotencyKeyReused(FaceauthError):
+    """The idempotency key names an earlier job whose request was different."""
+
+    def __init__(self, job_id: UUID) -> None:
+        super().__init__(
+            ErrorCode.IDEMPOTENCY_KEY_REUSED,
+            "this idempotency key was used for a different request",
+            job_id=str(job_id),
+        )
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Who submits (a gateway API key id, never its secret) and what the request was.
+
+    ``fingerprint`` (a hash of the request, images included) makes an idempotency key
+    stand for one request: the same key with another fingerprint is refused.
+    """
+
+    api_key_id: str | None = None
+    fingerprint: str | None = None
+
+
+NO_ORIGIN = Origin()
+
+
 class FaceauthClient:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or get_settings()
@@ -82,6 +109,7 @@ class FaceauthClient:
         prefix: str,
         payload: Callable[[list[str]], dict[str, Any]],
         idempotency_key: str | None,
+        origin: Origin = NO_ORIGIN,
     ) -> UUID:
         """Upload what is not a key yet, then submit; no upload outlives a job that lost.
 
@@ -92,7 +120,7 @@ class FaceauthClient:
         if idempotency_key is not None:
             existing = self.find_job(idempotency_key)
             if existing is not None:
-                return existing.job_id
+                return _same_request(existing, origin).job_id
         uploaded: list[str] = []
         keys: list[str] = []
         created = False
@@ -104,7 +132,9 @@ class FaceauthClient:
                     key = self.upload_image(image, prefix=prefix)
                     uploaded.append(key)
                     keys.append(key)
-            job_id, created = self._submit(kind, payload(keys), idempotency_key=idempotency_key)
+            job_id, created = self._submit(
+                kind, payload(keys), idempotency_key=idempotency_key, origin=origin
+            )
         finally:
             if not created:
                 self._remove_uploads(uploaded)
@@ -119,14 +149,26 @@ class FaceauthClient:
 
     # --- submission ---------------------------------------------------------------------------
     def submit(
-        self, kind: JobKind, payload: dict[str, Any], *, idempotency_key: str | None = None
+        self,
+        kind: JobKind,
+        payload: dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        origin: Origin = NO_ORIGIN,
     ) -> UUID:
         """Record and enqueue a job; with a known idempotency key, return the first job's id."""
-        job_id, _created = self._submit(kind, payload, idempotency_key=idempotency_key)
+        job_id, _created = self._submit(
+            kind, payload, idempotency_key=idempotency_key, origin=origin
+        )
         return job_id
 
     def _submit(
-        self, kind: JobKind, payload: dict[str, Any], *, idempotency_key: str | None
+        self,
+        kind: JobKind,
+        payload: dict[str, Any],
+        *,
+        idempotency_key: str | None,
+        origin: Origin = NO_ORIGIN,
     ) -> tuple[UUID, bool]:
         job_id = uuid4()
         body = {**payload, "job_id": str(job_id)}
@@ -143,9 +185,11 @@ class FaceauthClient:
                 image_refs=request.image_refs(),
                 payload=request.model_dump(mode="json"),
                 queued_timeout_s=self.settings.job_queued_timeout_s,
+                api_key_id=origin.api_key_id,
+                request_fingerprint=origin.fingerprint,
             )
         if not created:
-            return job.job_id, False
+            return _same_request(job, origin).job_id, False
         try:
             self._publish(kind, job_id, request.model_dump(mode="json"))
         except Exception as exc:
@@ -161,13 +205,20 @@ class FaceauthClient:
             raise
         return job_id, True
 
-    def submit_inspection(self, image: ImageInput, *, idempotency_key: str | None = None) -> UUID:
+    def submit_inspection(
+        self,
+        image: ImageInput,
+        *,
+        idempotency_key: str | None = None,
+        origin: Origin = NO_ORIGIN,
+    ) -> UUID:
         return self._submit_images(
             JobKind.INSPECT_IMAGE,
             [image],
             self._probe_prefix(),
             lambda keys: {"image_key": keys[0]},
             idempotency_key,
+            origin,
         )
 
     def submit_enrollment(
@@ -177,6 +228,7 @@ class FaceauthClient:
         *,
         idempotency_key: str | None = None,
         liveness: bool = True,
+        origin: Origin = NO_ORIGIN,
     ) -> UUID:
         return self._submit_images(
             JobKind.ENROLL,
@@ -184,6 +236,7 @@ class FaceauthClient:
             user_image_prefix(user_id),
             lambda keys: {"user_id": user_id, "image_keys": keys, "liveness": liveness},
             idempotency_key,
+            origin,
         )
 
     def submit_verification(
@@ -193,6 +246,7 @@ class FaceauthClient:
         *,
         idempotency_key: str | None = None,
         liveness: bool = True,
+        origin: Origin = NO_ORIGIN,
     ) -> UUID:
         return self._submit_images(
             JobKind.VERIFY,
@@ -200,6 +254,7 @@ class FaceauthClient:
             self._probe_prefix(),
             lambda keys: {"user_id": user_id, "image_key": keys[0], "liveness": liveness},
             idempotency_key,
+            origin,
         )
 
     def submit_identification(
@@ -209,6 +264,7 @@ class FaceauthClient:
         top_k: int | None = None,
         idempotency_key: str | None = None,
         liveness: bool = True,
+        origin: Origin = NO_ORIGIN,
     ) -> UUID:
         return self._submit_images(
             JobKind.IDENTIFY,
@@ -219,10 +275,15 @@ class FaceauthClient:
                 | ({} if top_k is None else {"top_k": top_k})
             ),
             idempotency_key,
+            origin,
         )
 
     def submit_quality_scan(
-        self, images: Sequence[ImageInput], *, idempotency_key: str | None = None
+        self,
+        images: Sequence[ImageInput],
+        *,
+        idempotency_key: str | None = None,
+        origin: Origin = NO_ORIGIN,
     ) -> UUID:
         return self._submit_images(
             JobKind.QUALITY_SCAN,
@@ -230,6 +291,7 @@ class FaceauthClient:
             self._probe_prefix(),
             lambda keys: {"image_keys": keys},
             idempotency_key,
+            origin,
         )
 
     def submit_reembed(self, user_id: str, *, idempotency_key: str | None = None) -> UUID:
@@ -242,9 +304,18 @@ class FaceauthClient:
             JobKind.CALIBRATE, {"model_version": model_version, "activate": activate}
         )
 
-    def submit_user_deletion(self, user_id: str, *, idempotency_key: str | None = None) -> UUID:
+    def submit_user_deletion(
+        self,
+        user_id: str,
+        *,
+        idempotency_key: str | None = None,
+        origin: Origin = NO_ORIGIN,
+    ) -> UUID:
         return self.submit(
-            JobKind.DELETE_USER, {"user_id": user_id}, idempotency_key=idempotency_key
+            JobKind.DELETE_USER,
+            {"user_id": user_id},
+            idempotency_key=idempotency_key,
+            origin=origin,
         )
 
     # --- results ------------------------------------------------------------------------------
@@ -270,3 +341,10 @@ class FaceauthClient:
                 raise JobTimeout(f"job {job_id} not finished after {timeout}s (status {state})")
             time.sleep(delay)
             delay = min(delay * 1.5, 0.5)
+
+
+def _same_request(job: JobView, origin: Origin) -> JobView:
+    """The earlier job of an idempotency key, if this submission is the same request."""
+    if origin.fingerprint is not None and job.request_fingerprint != origin.fingerprint:
+        raise IdempotencyKeyReused(job.job_id)
+    return job

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 from uuid import UUID
@@ -202,6 +203,11 @@ if set(JOBS) != set(JobKind):  # a kind without a spec would have no route and n
 
 SPEC_FOR_TASK: Mapping[str, JobSpec] = {spec.task_name: spec for spec in JOBS.values()}
 
+# Tasks that are not jobs (no job row, no outcome of their own): the durable record is
+# elsewhere. Webhook delivery keeps its state in the webhook outbox (shared/db/webhooks.py).
+WEBHOOK_TASK = "faceauth.deliver_webhook"
+INTERNAL_TASKS: Mapping[str, QueueRole] = {WEBHOOK_TASK: QueueRole.IO}
+
 
 class JobView(BaseModel):
     """What a producer reads back: the durable job record."""
@@ -213,3 +219,7 @@ class JobView(BaseModel):
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     attempts: int = 0
+    api_key_id: str | None = None  # the gateway key that submitted it (never the secret)
+    request_fingerprint: str | None = None  # what its idempotency key stands for
+    created_at: datetime | None = None
+    finished_at: datetime | None = None

@@ -7,7 +7,14 @@ from pydantic import ValidationError
 
 from shared.celery_config import celery_config
 from shared.config import Settings
-from shared.schemas import JOBS, EnrollRequest, InspectImageRequest, JobKind, QueueRole
+from shared.schemas import (
+    INTERNAL_TASKS,
+    JOBS,
+    EnrollRequest,
+    InspectImageRequest,
+    JobKind,
+    QueueRole,
+)
 
 
 @pytest.mark.parametrize("key", ["../x.jpg", "a/../b.jpg", "a//b.jpg", "/abs.jpg", "", "x" * 600])
@@ -30,7 +37,8 @@ def test_bad_user_ids_are_refused(user_id: str) -> None:
 def test_every_kind_is_declared_once_and_routed() -> None:
     assert set(JOBS) == set(JobKind)
     conf = celery_config(Settings())
-    assert set(conf["task_routes"]) == {spec.task_name for spec in JOBS.values()}
+    jobs = {spec.task_name for spec in JOBS.values()}
+    assert set(conf["task_routes"]) == jobs | set(INTERNAL_TASKS)
     assert len({spec.task_name for spec in JOBS.values()}) == len(JobKind)
     assert all(spec.task_name == f"faceauth.{kind}" for kind, spec in JOBS.items())
 

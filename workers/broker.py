@@ -25,11 +25,11 @@ from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 
 from shared.config import get_settings
-from shared.schemas import SPEC_FOR_TASK
+from shared.schemas import INTERNAL_TASKS, SPEC_FOR_TASK
 
 log = logging.getLogger(__name__)
 
-KNOWN_TASKS = frozenset(SPEC_FOR_TASK)
+KNOWN_TASKS = frozenset(SPEC_FOR_TASK) | frozenset(INTERNAL_TASKS)
 _DEAD_LETTER_BYTES = 64 * 1024  # keep enough of a bad message to diagnose it, never more
 
 

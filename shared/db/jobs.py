@@ -17,7 +17,8 @@ from shared.errors import ErrorCode
 from shared.schemas import JobKind, JobStatus, JobView
 
 _COLUMNS = (
-    "job_id, kind, status, idempotency_key, user_id, result, error_code, error_message, attempts"
+    "job_id, kind, status, idempotency_key, user_id, result, error_code, error_message, attempts,"
+    " api_key_id, request_fingerprint, created_at, finished_at"
 )
 
 
@@ -33,6 +34,10 @@ def _view(row: dict[str, Any]) -> JobView:
         result=row["result"],
         error=error,
         attempts=row["attempts"],
+        api_key_id=row["api_key_id"],
+        request_fingerprint=row["request_fingerprint"],
+        created_at=row["created_at"],
+        finished_at=row["finished_at"],
     )
 
 
@@ -46,6 +51,8 @@ def create_job(
     image_refs: list[str],
     payload: dict[str, Any],
     queued_timeout_s: float,
+    api_key_id: str | None = None,
+    request_fingerprint: str | None = None,
 ) -> tuple[JobView, bool]:
     """Insert a queued job unless its id or idempotency key exists; return (job, created).
 
@@ -58,9 +65,10 @@ def create_job(
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
             "INSERT INTO jobs (job_id, kind, status, idempotency_key, user_id, image_refs,"
-            " payload, publish_count, last_published_at, lease_expires_at)"
+            " payload, publish_count, last_published_at, lease_expires_at, api_key_id,"
+            " request_fingerprint)"
             " VALUES (%s, %s, 'queued', %s, %s, %s, %s, 1, now(),"
-            " now() + make_interval(secs => %s))"
+            " now() + make_interval(secs => %s), %s, %s)"
             f" ON CONFLICT DO NOTHING RETURNING {_COLUMNS}",
             (
                 job_id,
@@ -70,6 +78,8 @@ def create_job(
                 Jsonb(image_refs),
                 Jsonb(payload),
                 queued_timeout_s,
+                api_key_id,
+                request_fingerprint,
             ),
         )
         row = cur.fetchone()
