@@ -216,16 +216,6 @@ def user_exists(conn: psycopg.Connection, user_id: str) -> bool:
     return conn.execute("SELECT 1 FROM users WHERE user_id = %s", (user_id,)).fetchone() is not None
 
 
-def count_active_mean_templates(conn: psycopg.Connection, model_version: str) -> int:
-    """Users a 1:N search over ``model_version`` can return (one active mean template each)."""
-    row = conn.execute(
-        "SELECT count(*) FROM templates WHERE model_version = %s AND is_active"
-        " AND is_mean_template",
-        (model_version,),
-    ).fetchone()
-    return int(row[0]) if row else 0
-
-
 def enrolled_users(
     conn: psycopg.Connection, user_ids: Sequence[str], model_version: str | None
 ) -> set[str]:
@@ -336,9 +326,14 @@ def search_mean_templates(
 ) -> list[SearchHit]:
     """Top-k users by cosine similarity of their active mean template (HNSW or exact).
 
-    ef_search (and, for exact search, disabling index scans) is set for this query only:
-    ``SET LOCAL`` followed by ``RESET``, so the settings neither outlive the query inside
-    a caller's larger transaction nor leak to the next user of a pooled connection.
+    HNSW alone stops after ``ef_search`` candidates, so a filter applied after the walk
+    (another version's rows, an excluded user) could leave fewer than ``top_k`` rows.
+    pgvector 0.8's iterative index scan keeps walking until the filtered query has its
+    rows, so no count of the gallery and no exact re-run are needed per query; relaxed
+    order is re-sorted here (a few rows). ``exact`` (a sequential scan) is for benchmarks
+    and checks. The settings are set for this query only: ``SET LOCAL`` then ``RESET``,
+    so they neither outlive the query inside a caller's larger transaction nor leak to
+    the next user of a pooled connection.
     """
     vt = _vector_type(embedding_dim)
     query = sql.SQL(
@@ -352,6 +347,7 @@ def search_mean_templates(
     )
     with conn.transaction():
         conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(int(ef_search))))
+        conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
         if exact:
             conn.execute("SET LOCAL enable_indexscan = off")
         rows = conn.execute(
@@ -360,8 +356,11 @@ def search_mean_templates(
         ).fetchall()
         # (On an error the block rolls back, which undoes the SET LOCALs as well.)
         conn.execute("RESET hnsw.ef_search")
+        conn.execute("RESET hnsw.iterative_scan")
         conn.execute("RESET enable_indexscan")
-    return [SearchHit(user_id=str(r[1]), score=float(r[2]), template_id=r[0]) for r in rows]
+    hits = [SearchHit(user_id=str(r[1]), score=float(r[2]), template_id=r[0]) for r in rows]
+    hits.sort(key=lambda h: h.score, reverse=True)  # relaxed order: nearly sorted already
+    return hits
 
 
 @dataclass(frozen=True)

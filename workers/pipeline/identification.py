@@ -1,9 +1,8 @@
 """1:N identification: the top-k enrolled users most similar to a probe.
 
 Searches the HNSW index of the active mean templates of the worker's model
-version. HNSW with a filter can return fewer rows than asked for (the filter
-is applied after the graph walk), so a short answer is repeated as an exact
-scan; the result says which search produced it.
+version with pgvector's iterative index scan, which keeps walking the graph until
+the filtered query has its rows: no count of the gallery, no exact re-run.
 """
 
 from __future__ import annotations
@@ -61,20 +60,14 @@ def identify(request: IdentifyRequest, ctx: JobContext) -> Outcome:
             default_low=rt.settings.verify_t_low,
             default_high=rt.settings.verify_t_high,
         )
-        n_enrolled = template_repo.count_active_mean_templates(conn, pack.model_version)
-        # HNSW with a filter can return fewer rows than asked: repeat exactly when short.
-        for search in ("hnsw", "exact"):
-            hits = template_repo.search_mean_templates(
-                conn,
-                probe,
-                model_version=pack.model_version,
-                embedding_dim=pack.embedding_dim,
-                top_k=top_k,
-                ef_search=rt.settings.hnsw_ef_search,
-                exact=search == "exact",
-            )
-            if len(hits) >= min(top_k, n_enrolled):
-                break
+        hits = template_repo.search_mean_templates(
+            conn,
+            probe,
+            model_version=pack.model_version,
+            embedding_dim=pack.embedding_dim,
+            top_k=top_k,
+            ef_search=rt.settings.hnsw_ef_search,
+        )
     timer.add("search", t)
     result["candidates"] = [
         {
@@ -87,7 +80,7 @@ def identify(request: IdentifyRequest, ctx: JobContext) -> Outcome:
     ]
     top = result["candidates"][0] if result["candidates"] else None
     result["decision"] = "match" if top and top["decision"] == "accept" else "no_match"
-    result["search"] = search
+    result["search"] = "hnsw"  # iterative index scan (see the module docstring)
     result["thresholds"] = thresholds.as_dict()
     latency_ms = round((time.perf_counter() - started) * 1000, 1)
     result["latency_ms"] = latency_ms
@@ -105,7 +98,7 @@ def identify(request: IdentifyRequest, ctx: JobContext) -> Outcome:
                 ],
                 "thresholds": thresholds.as_dict(),
                 "face_model_version": pack.model_version,
-                "search": search,
+                "search": "hnsw",
                 "latency_ms": latency_ms,
             },
         )
