@@ -280,3 +280,32 @@ def test_pose_comes_from_the_3d_landmark_model_when_the_pack_has_one(tmp_path: P
     metrics = measure_quality(image, face)
     assert metrics.pose_source == "landmark_3d_68"
     assert metrics.yaw == pytest.approx(yaw, abs=0.1)
+
+
+def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def test_a_smaller_detector_input_finds_the_same_face_in_portraits() -> None:
+    """Probes may be detected at 320: the face, its box and its embedding barely move."""
+    import cv2
+
+    pack = shared_pack()
+    for path in sorted(IDENTITIES_DIR.glob("*/*")):
+        image = cv2.imread(str(path))
+        full = pack.detect(image)
+        small = pack.detect(image, det_size=320)
+        if len(full) != 1:
+            continue  # group shots and tiny faces are not what a probe size is for
+        assert len(small) == 1, path
+        assert _iou(full[0].bbox, small[0].bbox) > 0.85, path
+        a, b = pack.embed([(image, full[0].kps), (image, small[0].kps)])
+        assert float(a @ b) > 0.9, path
+
+
+def test_the_detector_input_side_must_be_a_multiple_of_32() -> None:
+    with pytest.raises(ValueError, match="multiple of 32"):
+        shared_pack().detect(np.zeros((64, 64, 3), dtype=np.uint8), det_size=300)

@@ -262,10 +262,19 @@ class FacePack:
 
     # --- inference ------------------------------------------------------------------------
 
-    def detect(self, image_bgr: ImageBGR, *, max_faces: int = 0) -> list[DetectedFace]:
-        """All faces above the detector threshold, largest box first (``max_faces`` 0 = all)."""
+    def detect(
+        self, image_bgr: ImageBGR, *, max_faces: int = 0, det_size: int | None = None
+    ) -> list[DetectedFace]:
+        """All faces above the detector threshold, largest box first (``max_faces`` 0 = all).
+
+        ``det_size`` letterboxes to another detector input side than the pack's (the
+        detector graph takes any multiple of 32): close-up selfies need far fewer pixels.
+        """
         _check_image(image_bgr)
-        bboxes, kpss = self._detector.detect(image_bgr, max_num=max_faces)
+        size = det_size or self._det_size
+        if size % 32:
+            raise ValueError(f"detector input side must be a multiple of 32, got {size}")
+        bboxes, kpss = self._detector.detect(image_bgr, input_size=(size, size), max_num=max_faces)
         faces = [self._make_face(image_bgr, bboxes[i], kpss[i]) for i in range(bboxes.shape[0])]
         faces.sort(key=lambda f: f.area, reverse=True)
         return faces

@@ -32,7 +32,12 @@ def identify(request: IdentifyRequest, ctx: JobContext) -> Outcome:
     pack = packs.get(active or "", rt.face_pack())
     timer = StageTimer()
     (report,), liveness = check_images(
-        rt, [request.image_key], liveness=request.liveness, timer=timer, pack=pack
+        rt,
+        [request.image_key],
+        liveness=request.liveness,
+        timer=timer,
+        pack=pack,
+        det_size=rt.settings.probe_det_size,
     )
     result: dict[str, Any] = {
         "model_name": pack.model_name,

@@ -78,11 +78,13 @@ def check_images(
     liveness: bool,
     timer: StageTimer,
     pack: FacePack | None = None,
+    det_size: int | None = None,
 ) -> tuple[list[ImageReport], dict[str, Any]]:
     """Run the per-image gates on every key; return reports and a liveness summary.
 
     ``pack`` defaults to the worker's current face pack; verification passes the pack of
-    the model version the user's templates were made with.
+    the model version the user's templates were made with. ``det_size`` overrides the
+    detector input side (probes: FACEAUTH_PROBE_DET_SIZE).
     """
     from workers.inference.quality import QualityGate, assess_image
 
@@ -103,7 +105,7 @@ def check_images(
             timer.add("decode", t)
             continue
         t = timer.add("decode", t)
-        faces = pack.detect(image.pixels)
+        faces = pack.detect(image.pixels, det_size=det_size)
         t = timer.add("detect", t)
         assessment = assess_image(image.pixels, faces, gate)
         timer.add("quality", t)

@@ -110,7 +110,12 @@ def verify(request: VerifyRequest, ctx: JobContext) -> Outcome:
 
     timer = StageTimer()
     (report,), liveness = check_images(
-        rt, [request.image_key], liveness=request.liveness, timer=timer, pack=pack
+        rt,
+        [request.image_key],
+        liveness=request.liveness,
+        timer=timer,
+        pack=pack,
+        det_size=rt.settings.probe_det_size,
     )
     result: dict[str, Any] = {
         "user_id": request.user_id,
