@@ -133,6 +133,15 @@ class Settings(BaseSettings):
         description="file a worker writes once its start checks (schema, models) passed and"
         " removes when it stops; container healthchecks test for it",
     )
+    batch_max_size: int = Field(
+        1,
+        ge=1,
+        description="largest recognizer/liveness run across the jobs in flight in one worker"
+        " process (>1 with `--pool threads --concurrency N`; 1 = one job's faces per run)",
+    )
+    batch_max_wait_ms: float = Field(
+        5.0, ge=0, description="longest a model call waits for other jobs' faces to fill a batch"
+    )
     ort_intra_op_threads: int = Field(
         default=0, ge=0, description="ONNX Runtime threads per session; 0 = ORT default (all cores)"
     )

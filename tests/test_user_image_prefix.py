@@ -43,7 +43,7 @@ def test_client_enrollment_uploads_under_the_prefix() -> None:
     submitted: list[dict[str, Any]] = []
 
     def fake_submit(
-        kind: JobKind, payload: dict[str, Any], *, idempotency_key: str | None
+        kind: JobKind, payload: dict[str, Any], *, idempotency_key: str | None, origin: Any = None
     ) -> tuple[UUID, bool]:
         submitted.append(payload)
         return uuid4(), True

@@ -73,6 +73,23 @@ REFUSED_MESSAGES = Counter(
     "Task messages refused without touching a job (job_conflict, foreign job row)",
     ["reason"],
 )
+WEBHOOK_ATTEMPTS = Counter(
+    "faceauth_webhook_attempts_total",
+    "Webhook delivery attempts, by outcome (delivered, retry, failed)",
+    ["outcome"],
+)
+
+
+BATCH_SIZE = Histogram(
+    "faceauth_batch_size",
+    "Items per model run (recognizer, liveness), across the jobs in flight",
+    ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
+
+
+def observe_batch(model: str, size: int) -> None:
+    BATCH_SIZE.labels(model=model).observe(size)
 
 
 def observe_republished(kind: JobKind, stranded: str) -> None:
@@ -81,6 +98,10 @@ def observe_republished(kind: JobKind, stranded: str) -> None:
 
 def observe_undeliverable(kind: JobKind) -> None:
     UNDELIVERABLE.labels(kind=str(kind)).inc()
+
+
+def observe_webhook_attempt(outcome: str) -> None:
+    WEBHOOK_ATTEMPTS.labels(outcome=outcome).inc()
 
 
 def observe_dead_letter(reason: str) -> None:

@@ -12,7 +12,7 @@ import threading
 import time
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from psycopg_pool import ConnectionPool
 
@@ -58,6 +58,8 @@ class WorkerRuntime:
         )
         if label:
             pack = pack.relabelled(label)
+        if self.settings.batch_max_size > 1:
+            pack.enable_batching(self._batcher)
         self.model_load_seconds[key] = time.perf_counter() - started
         from workers import metrics
 
@@ -110,6 +112,8 @@ class WorkerRuntime:
 
                     started = time.perf_counter()
                     self._liveness = LivenessScorer.load(folder)
+                    if self.settings.batch_max_size > 1:
+                        self._liveness.enable_batching(self._batcher)
                     self.model_load_seconds["liveness"] = time.perf_counter() - started
                     from workers import metrics
 
@@ -123,6 +127,11 @@ class WorkerRuntime:
                     )
                 self._liveness_loaded = True
             return self._liveness
+
+    def _batcher(self, name: str, run: Any) -> Any:
+        from workers.inference.batcher import batcher_for
+
+        return batcher_for(name, run, self.settings)
 
     def load_models(self) -> dict[str, str]:
         """Load every configured model now; return their versions (for the ready file).

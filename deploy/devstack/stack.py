@@ -361,12 +361,13 @@ class DevStack:
         *,
         queues: list[str],
         concurrency: int = 1,
+        pool: str = "prefork",
         extra_env: dict[str, str] | None = None,
         name: str = "worker",
         app: str = DEFAULT_APP,
         timeout: float | None = None,
     ) -> ManagedProcess:
-        """Start a prefork Celery worker on ``queues``; return once it is ready.
+        """Start a Celery worker (prefork, or threads for cross-job batching) on ``queues``.
 
         Ready = the log shows ``name@host ready.`` or the worker answers a control ping.
         Its log is ``logs/<name>.log`` (appended to when a worker is restarted).
@@ -382,7 +383,7 @@ class DevStack:
             sys.executable, "-m", "celery", "-A", app, "worker",
             "-Q", ",".join(queues),
             "-c", str(concurrency),
-            "--pool", "prefork",
+            "--pool", pool,
             "-n", f"{name}@%h",
             "--without-gossip",
             "--without-mingle",

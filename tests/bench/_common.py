@@ -200,6 +200,7 @@ def running_stack(
     concurrency: int = 1,
     extra_env: dict[str, str] | None = None,
     metrics: bool = False,
+    pool: str = "prefork",
 ) -> Iterator[BenchStack]:
     """The embedded dev stack in a fresh temporary dir, with one worker on both queues.
 
@@ -228,6 +229,7 @@ def running_stack(
             proc = stack.start_worker(
                 queues=[settings.queue_inference, settings.queue_io],
                 concurrency=concurrency,
+                pool=pool,
                 extra_env={**worker_env(), **env},
             )
             seconds["worker_s"] = time.perf_counter() - t1

@@ -283,6 +283,30 @@ PATHS = {
 }
 
 
+def worker_batch_sizes(bs: c.BenchStack) -> dict[str, dict[str, float]]:
+    """model -> {"runs", "faces", "mean", "le_<bucket>": runs} from faceauth_batch_size."""
+    import re
+    import urllib.request
+
+    if bs.metrics_url is None:
+        return {}
+    text = urllib.request.urlopen(bs.metrics_url, timeout=5).read().decode()  # loopback
+    out: dict[str, dict[str, float]] = defaultdict(dict)
+    for name, labels, value in re.findall(
+        r"^faceauth_batch_size_(\w+)\{([^}]*)\} (\S+)$", text, re.M
+    ):
+        fields = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        model = fields["model"].split(":")[0]
+        if name == "bucket":
+            out[model][f"le_{fields['le']}"] = float(value)
+        elif name in ("count", "sum"):
+            out[model]["runs" if name == "count" else "faces"] = float(value)
+    for stats in out.values():
+        if stats.get("runs"):
+            stats["mean"] = round(stats["faces"] / stats["runs"], 2)
+    return dict(out)
+
+
 def throughput(n: int, seconds: list[float]) -> dict[str, float]:
     """Images/s of the fastest pass and of the median pass.
 
@@ -388,6 +412,18 @@ def main() -> None:
         default=0,
         help="ORT intra-op threads per worker process (0: same as --ort-threads)",
     )
+    parser.add_argument(
+        "--pool",
+        choices=("prefork", "threads"),
+        default="prefork",
+        help="threads: one worker process, --worker-concurrency jobs in flight",
+    )
+    parser.add_argument(
+        "--batch-max-size", type=int, default=1, help="FACEAUTH_BATCH_MAX_SIZE of the worker"
+    )
+    parser.add_argument(
+        "--batch-max-wait-ms", type=float, default=5.0, help="FACEAUTH_BATCH_MAX_WAIT_MS"
+    )
     args = parser.parse_args()
     repeats = args.repeats or (3 if args.quick else 5)
     if args.ort_threads > 0:
@@ -396,13 +432,18 @@ def main() -> None:
         get_settings.cache_clear()
     photos = load_photos() * args.rounds
     worker_threads = args.worker_ort_threads or args.ort_threads
-    extra_env = {"FACEAUTH_ORT_INTRA_OP_THREADS": str(worker_threads)}
+    extra_env = {
+        "FACEAUTH_ORT_INTRA_OP_THREADS": str(worker_threads),
+        "FACEAUTH_BATCH_MAX_SIZE": str(args.batch_max_size),
+        "FACEAUTH_BATCH_MAX_WAIT_MS": str(args.batch_max_wait_ms),
+        "FACEAUTH_DB_POOL_MAX_SIZE": str(max(4, args.worker_concurrency + 4)),
+    }
 
     bare_s: list[float] = []
     bare_cpu: list[float] = []
     queued: dict[str, list[dict[str, Any]]] = {"queued": [], "queued_liveness": []}
     with c.running_stack(
-        concurrency=args.worker_concurrency, extra_env=extra_env, metrics=True
+        concurrency=args.worker_concurrency, extra_env=extra_env, metrics=True, pool=args.pool
     ) as bs:
         bare = BareLoop(args.ort_threads)
         bare.run(photos[:2])  # warm-up: first ORT runs allocate
@@ -419,6 +460,7 @@ def main() -> None:
                 f"{queued['queued_liveness'][-1]['seconds']:.2f}s"
             )
         stages = stage_times(bs, photos)
+        batch_sizes = worker_batch_sizes(bs)
 
     n = len(photos)
     seconds = {"bare": bare_s, **{p: [q["seconds"] for q in v] for p, v in queued.items()}}
@@ -432,6 +474,11 @@ def main() -> None:
         "images_per_pass": n,
         "repeats": repeats,
         "worker_concurrency": args.worker_concurrency,
+        "worker_pool": args.pool,
+        "batch_max_size": args.batch_max_size,
+        "batch_max_wait_ms": args.batch_max_wait_ms,
+        # Runs per batch size the worker actually made, per model (histogram buckets).
+        "worker_batch_sizes": batch_sizes,
         "ort_intra_op_threads": args.ort_threads or "ORT default (both sides)",
         "worker_ort_intra_op_threads": worker_threads or "ORT default",
         "throughput_images_per_s": tp,

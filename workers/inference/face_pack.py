@@ -17,7 +17,7 @@ import copy
 import hashlib
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,6 +108,7 @@ class FacePack:
         self._det_size = det_size
         self._embedding_dim = embedding_dim
         self._recognizer_batched = recognizer_batched
+        self._batcher: Callable[[list[Any]], Sequence[FloatArray]] | None = None
         self._model_files = {
             DETECTION: Path(detector.model_file),
             RECOGNITION: Path(recognizer.model_file),
@@ -297,12 +298,30 @@ class FacePack:
             bbox=bbox, det_score=float(row[4]), kps=kps32, landmark_3d_68=landmarks, pose=pose
         )
 
+    def enable_batching(self, make: Callable[[str, Callable[[list[Any]], Any]], Any]) -> None:
+        """Run the recognizer through a batcher shared by the jobs in flight in this process.
+
+        ``make(name, run)`` returns a callable taking a list of aligned crops and returning
+        one embedding row per crop (``workers.inference.batcher.batcher_for``).
+        """
+        self._batcher = make(f"recognizer:{self.model_version}", self._recognize)
+
+    def _recognize(self, aligned: list[Any]) -> list[FloatArray]:
+        """Raw recognizer rows for aligned crops: runs of at most ``MAX_EMBED_BATCH`` (or 1)."""
+        step = MAX_EMBED_BATCH if self._recognizer_batched else 1
+        rows: list[FloatArray] = []
+        for i in range(0, len(aligned), step):
+            out = np.asarray(self._recognizer.get_feat(aligned[i : i + step]), dtype=np.float32)
+            rows.extend(out.reshape(len(aligned[i : i + step]), -1))
+        return rows
+
     def embed(self, items: Sequence[tuple[ImageBGR, FloatArray]]) -> FloatArray:
         """L2-normalised embeddings (N, dim) of (image, 5-point keypoints) pairs.
 
         Each face is aligned with ArcFace's similarity transform onto the recognizer's
         input size; all faces then go through the recognizer together (in runs of at
-        most ``MAX_EMBED_BATCH``) when it accepts batches, else one run per face.
+        most ``MAX_EMBED_BATCH``) when it accepts batches, else one run per face. With
+        batching enabled the crops join those of other jobs in flight (``enable_batching``).
         """
         if not items:
             return np.empty((0, self._embedding_dim), dtype=np.float32)
@@ -316,12 +335,8 @@ class FacePack:
             if points.shape != (5, 2):
                 raise ValueError(f"expected (5, 2) keypoints, got {points.shape}")
             aligned.append(norm_crop(image, points, image_size=size))
-        step = MAX_EMBED_BATCH if self._recognizer_batched else 1
-        chunks = [
-            np.asarray(self._recognizer.get_feat(aligned[i : i + step]), dtype=np.float32)
-            for i in range(0, len(aligned), step)
-        ]
-        feats = np.concatenate(chunks, axis=0).reshape(len(aligned), -1)
+        rows = (self._batcher or self._recognize)(aligned)
+        feats = np.asarray(rows, dtype=np.float32).reshape(len(aligned), -1)
         norms = np.linalg.norm(feats, axis=1, keepdims=True)
         # A zero vector cannot be normalised; it stays zero and matches nothing.
         return np.ascontiguousarray(feats / np.maximum(norms, 1e-12), dtype=np.float32)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,6 +92,7 @@ class LivenessScorer:
         self._members = tuple(members)
         self._version = version
         self._max_batch = max_batch
+        self._batcher: Callable[[list[Any]], Sequence[tuple[FloatArray, ...]]] | None = None
 
     # --- identity -------------------------------------------------------------------------
 
@@ -176,7 +177,14 @@ class LivenessScorer:
         """Score faces from any number of images; one ``session.run`` per member per batch."""
         if not items:
             return []
-        logits = self.run_model(self.model_inputs(items))
+        inputs = self.model_inputs(items)
+        if self._batcher is None:
+            logits = self.run_model(inputs)
+        else:
+            # One face = one row per member; the batcher joins faces of other jobs.
+            faces = [tuple(x[i] for x in inputs) for i in range(len(items))]
+            rows = self._batcher(faces)
+            logits = [np.stack([row[m] for row in rows]) for m in range(len(self._members))]
         live = np.stack(
             [
                 _softmax(out)[:, member.spec.live_class_index]
@@ -201,6 +209,16 @@ class LivenessScorer:
                 )
             )
         return results
+
+    def enable_batching(self, make: Callable[[str, Callable[[list[Any]], Any]], Any]) -> None:
+        """Run the members through a batcher shared by the jobs in flight in this process."""
+        self._batcher = make(f"liveness:{self.name}", self._run_faces)
+
+    def _run_faces(self, faces: list[tuple[FloatArray, ...]]) -> list[tuple[FloatArray, ...]]:
+        """Per-face rows of every member -> per-face logits of every member."""
+        stacked = [np.stack([face[m] for face in faces]) for m in range(len(self._members))]
+        logits = self.run_model(stacked)
+        return [tuple(out[i] for out in logits) for i in range(len(faces))]
 
     def model_inputs(self, items: Sequence[tuple[ImageArray, BBox]]) -> list[FloatArray]:
         """One NCHW float32 batch per member for these faces (crop, colour order, normalise)."""
