@@ -61,7 +61,14 @@ def plot(result: dict[str, Any], path: Path) -> None:
 def main() -> None:
     parser = c.bench_parser(NAME, "verify latency through the queue")
     parser.add_argument("--verifications", type=int, default=50)
+    parser.add_argument(
+        "--probe-det-size",
+        type=int,
+        default=0,
+        help="FACEAUTH_PROBE_DET_SIZE of the worker (0: the pack's det size, 640)",
+    )
     args = parser.parse_args()
+    extra_env = {"FACEAUTH_PROBE_DET_SIZE": str(args.probe_det_size)} if args.probe_det_size else {}
     people = c.identity_photos()
     names = list(people)
     probes = {name: photos[-1].read_bytes() for name, photos in people.items()}
@@ -69,7 +76,7 @@ def main() -> None:
     e2e: list[float] = []
     worker: list[float] = []
     decisions: Counter[str] = Counter()
-    with c.running_stack(metrics=True) as bs:
+    with c.running_stack(metrics=True, extra_env=extra_env) as bs:
         enroll_all(bs, people)
         for i in range(WARMUPS):
             verify_once(bs, names[i], probes[names[i]])
@@ -87,6 +94,7 @@ def main() -> None:
 
     result = {
         "verifications": args.verifications,
+        "probe_det_size": args.probe_det_size or "pack default (640)",
         "liveness": True,
         "end_to_end": c.summary_ms(e2e),
         "worker_latency": c.summary_ms(worker),
