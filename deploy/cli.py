@@ -31,9 +31,11 @@ def up(
     ),
     worker: bool = typer.Option(True, help="also start a Celery worker on both queues"),
     flower: bool = typer.Option(True, help="also start Flower (basic auth)"),
+    gateway: bool = typer.Option(True, help="also start the HTTP gateway (and an admin key)"),
 ) -> None:
-    """Start Redis, Postgres+pgvector, an S3 server, a worker and Flower on loopback."""
-    from deploy.demo import settings_for, worker_env
+    """Start Redis, Postgres+pgvector, an S3 server, a worker, Flower and the HTTP gateway
+    on loopback."""
+    from deploy.demo import create_dev_api_key, settings_for, worker_env
     from deploy.devstack import DevStack
 
     started = time.perf_counter()
@@ -54,6 +56,13 @@ def up(
             password = secrets.token_urlsafe(12)
             flower_url = stack.start_flower(user="admin", password=password)
             env.update({"FACEAUTH_FLOWER_USER": "admin", "FACEAUTH_FLOWER_PASSWORD": password})
+        gateway_url = None
+        if gateway:
+            gateway_url = stack.start_gateway()
+            # Not settings: what the README's curl examples read ($FACEAUTH_GATEWAY_URL,
+            # $FACEAUTH_API_KEY, an admin key of this dev stack only).
+            env["FACEAUTH_GATEWAY_URL"] = gateway_url
+            env["FACEAUTH_API_KEY"] = create_dev_api_key(settings, "dev up")
         env_file = data_dir / "env"
         # Created 0600 (it holds the Redis, S3 and Flower credentials), never wider.
         fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -64,6 +73,10 @@ def up(
         console.print(json.dumps(stack.versions(), indent=2))
         if flower_url:
             console.print(f"Flower: {flower_url} (credentials in {env_file})")
+        if gateway_url:
+            console.print(
+                f"HTTP gateway: {gateway_url} (docs at /docs; admin API key in {env_file})"
+            )
         console.print(f"environment for other shells: source {env_file}")
         if detach:
             stack.write_state(data_dir / "state.json")
@@ -104,5 +117,7 @@ def register(root: typer.Typer) -> None:
     """Contribute ``demo`` and ``dev`` to the ``faceauth`` root."""
     root.command("demo")(demo)
     root.add_typer(
-        app, name="dev", help="Embedded dev stack (Redis, Postgres, S3, worker, Flower)."
+        app,
+        name="dev",
+        help="Embedded dev stack (Redis, Postgres, S3, worker, Flower, gateway).",
     )

@@ -1,10 +1,10 @@
 """The default demo: enroll and verify the sample photos through the real queue.
 
 Starts the embedded stack (Redis, Postgres+pgvector, S3, a Celery worker with
-the test face pack and the MiniFASNet liveness model, Flower with basic auth),
-enrolls every person in ``faces/identities`` with all but their last photo,
-then verifies each held-out photo against every enrolled user, and stops
-everything again.
+the test face pack and the MiniFASNet liveness model, Flower with basic auth, the HTTP
+gateway), enrolls every person in ``faces/identities`` with all but their last photo,
+then verifies each held-out photo against every enrolled user, verifies one more over
+HTTP (as another service would), and stops everything again.
 """
 
 from __future__ import annotations
@@ -27,11 +27,39 @@ console = Console(width=110)  # the table is wider than 80 columns
 
 
 def worker_env() -> dict[str, str]:
-    """Model settings for a dev worker: the test pack and the pretrained liveness model."""
+    """Settings for a dev worker: the test pack, the pretrained liveness model, local receivers."""
     return {
         "FACEAUTH_FACE_PACK_DIR": str(sample_face_pack_dir()),
         "FACEAUTH_LIVENESS_MODEL_DIR": str(minifasnet_dir()),
+        # Dev receivers run on this machine (loopback): never set this in production (SSRF).
+        "FACEAUTH_WEBHOOK_ALLOW_PRIVATE_NETWORKS": "true",
     }
+
+
+def create_dev_api_key(settings: Settings, name: str) -> str:
+    """A new admin API key of a dev stack (its token; the stack's data dir holds it)."""
+    from shared.db import api_keys
+    from shared.db.pool import get_pool
+
+    with get_pool(settings).connection() as conn:
+        return api_keys.create_key(conn, name=name, scopes={api_keys.Scope.ADMIN}).token
+
+
+def verify_over_http(gateway_url: str, token: str, user_id: str, photo: Path) -> dict[str, Any]:
+    """One verification through the gateway, as a service without Python would send it."""
+    import httpx
+
+    response = httpx.post(
+        f"{gateway_url}/v1/verifications",
+        params={"wait": 30},
+        headers={"Authorization": f"Bearer {token}"},
+        data={"user_id": user_id},
+        files={"image": (photo.name, photo.read_bytes(), "image/jpeg")},
+        timeout=60,
+    )
+    body: dict[str, Any] = response.json()
+    body["http_status"] = response.status_code
+    return body
 
 
 def settings_for(endpoints: StackEndpoints, **overrides: Any) -> Settings:
@@ -140,9 +168,18 @@ def run_demo(*, data_dir: Path | None = None, keep_data: bool = False) -> DemoRe
             queues=[settings.queue_inference, settings.queue_io], extra_env=worker_env()
         )
         flower = stack.start_flower(user="admin", password=password)
+        gateway = stack.start_gateway()
         console.print(
-            f"stack ready in {time.perf_counter() - t0:.1f}s; Flower at {flower} (user admin)"
+            f"stack ready in {time.perf_counter() - t0:.1f}s; Flower at {flower} (user admin);"
+            f" HTTP gateway at {gateway}"
         )
         report = run_demo_jobs(settings)
         print_report(report)
+        name, photos = next(iter(people(faces_dir() / "identities").items()))
+        answer = verify_over_http(gateway, create_dev_api_key(settings, "demo"), name, photos[-1])
+        decision = (answer.get("result") or {}).get("decision", answer.get("code"))
+        console.print(
+            f"over HTTP: POST {gateway}/v1/verifications?wait=30 ({name}, {photos[-1].name})"
+            f" -> {answer['http_status']} {decision}"
+        )
         return report

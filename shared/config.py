@@ -35,7 +35,9 @@ class Settings(BaseSettings):
         description="Redis list where a worker puts messages that are not valid task envelopes",
     )
     dead_letter_max: int = Field(10_000, ge=0, description="most messages kept in dead_letter_key")
-    task_max_retries: int = Field(5, description="retries for transient faults (S3/DB down)")
+    # 8 full-jitter retries (1 s floor, cap 60 s) span ~100 s on average and at least 8 s,
+    # so a short S3 or Postgres restart does not exhaust them.
+    task_max_retries: int = Field(8, description="retries for transient faults (S3/DB down)")
     task_retry_backoff_max_s: int = Field(60, description="cap on exponential retry backoff")
     task_time_limit_s: int = Field(300, description="hard time limit per task")
     broker_visibility_timeout_s: int = Field(

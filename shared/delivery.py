@@ -7,6 +7,10 @@ the row and the message) or its worker (it stayed ``running``: a killed worker
 process). ``reconcile_once`` publishes such jobs again under the same task id, so
 the task stays idempotent, and ends a job that was published
 ``FACEAUTH_JOB_MAX_PUBLISHES`` times with ``delivery_attempts_exhausted``.
+
+The same sweep hands due webhook events to the IO queue (``dispatch_webhooks``): the
+outbox row was written with the job's outcome, and claiming it moves its next attempt a
+claim window ahead, so an event whose sender died is simply claimed again later.
 """
 
 from __future__ import annotations
@@ -21,11 +25,14 @@ import psycopg
 
 from shared.config import Settings
 from shared.db import jobs as job_repo
-from shared.schemas import JOBS, JobKind
+from shared.db import webhooks as webhook_repo
+from shared.schemas import JOBS, WEBHOOK_TASK, JobKind
 
 log = logging.getLogger(__name__)
 
 Publisher = Callable[[JobKind, UUID, dict[str, Any]], None]
+# Sends one task that is not a job (task name, keyword arguments); routed by task_routes.
+TaskPublisher = Callable[[str, dict[str, Any]], None]
 
 
 def message_payload(payload: dict[str, Any]) -> dict[str, Any]:
@@ -42,6 +49,15 @@ def celery_publisher(celery: Any) -> Publisher:
             kwargs={"payload": message_payload(payload)},
             task_id=str(job_id),
         )
+
+    return publish
+
+
+def celery_task_publisher(celery: Any) -> TaskPublisher:
+    """Send internal tasks (webhook delivery) through a Celery app."""
+
+    def publish(task_name: str, kwargs: dict[str, Any]) -> None:
+        celery.send_task(task_name, kwargs=kwargs)
 
     return publish
 
@@ -93,3 +109,36 @@ def reconcile_once(
                 job.publish_count + 1,
             )
     return report
+
+
+def webhook_claim_s(settings: Settings) -> float:
+    """How long a dispatched event stays claimed: time for its message to be sent and run.
+
+    A sender that dies mid-attempt leaves the event due again after this window; a
+    sender that finishes settles it (or schedules its retry) long before.
+    """
+    return settings.webhook_timeout_s * 3
+
+
+def dispatch_webhooks(
+    conn: psycopg.Connection, publish: TaskPublisher, settings: Settings, *, limit: int = 500
+) -> int:
+    """Send one ``faceauth.deliver_webhook`` message per due event; the number sent.
+
+    The claim is committed before any message goes out, so two reconcilers never send
+    the same event in one window. An event whose message could not be sent (broker
+    down) stays claimed for one window and is then due again: nothing is lost.
+    """
+    with conn.transaction():
+        due = webhook_repo.claim_due(conn, claim_s=webhook_claim_s(settings), limit=limit)
+    sent = 0
+    for event_id in due:
+        try:
+            publish(WEBHOOK_TASK, {"event_id": str(event_id)})
+        except Exception as exc:  # broker down: the claim runs out, the next sweep resends
+            log.warning("could not send webhook event %s: %s", event_id, type(exc).__name__)
+            break
+        sent += 1
+    if sent:
+        log.debug("dispatched %d webhook event(s)", sent)
+    return sent

@@ -50,6 +50,16 @@ class ErrorCode(StrEnum):
     # An erasure found images of the user that appeared after it listed them (an enrollment
     # committed meanwhile). Transient: the deletion rolls back and its retry lists them too.
     DELETION_RACE = "deletion_race"
+    # HTTP gateway: the request itself is refused before any job exists (problem+json)
+    REQUEST_TOO_LARGE = "request_too_large"  # 413: the body passed gateway_max_request_bytes
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"  # 415: not JSON/multipart, not an image
+    MALFORMED_REQUEST = "malformed_request"  # 400: broken multipart or JSON syntax
+    UNAUTHENTICATED = "unauthenticated"  # 401: no API key, an unknown or a revoked one
+    INSUFFICIENT_SCOPE = "insufficient_scope"  # 403: the key lacks the route's scope
+    NOT_FOUND = "not_found"  # 404: no such route, or a job this key may not see
+    METHOD_NOT_ALLOWED = "method_not_allowed"  # 405
+    RATE_LIMITED = "rate_limited"  # 429: the key's request rate (Retry-After)
+    TOO_MANY_FAILED_VERIFICATIONS = "too_many_failed_verifications"  # 429: per user_id
 
 
 class FaceauthError(Exception):

@@ -26,18 +26,23 @@ from shared.paths import REPO_ROOT
 EVERY_COMMAND = {
     "dev", "demo", "db", "model", "inspect", "enroll", "job", "export", "verify", "identify",
     "calibrate", "backfill", "user", "status", "retention", "quality", "liveness", "train",
+    "webhooks", "gateway", "apikey",
 }  # fmt: skip
 # What each package's entry point contributes.
 BY_PACKAGE = {
     "shared": {
         "db", "model", "inspect", "enroll", "job", "export", "verify", "identify", "backfill",
-        "user", "status", "retention",
+        "user", "status", "retention", "webhooks",
     },
     "workers": {"calibrate", "quality", "liveness", "model"},  # model: adds ``model info``
     "deploy": {"dev", "demo"},
     "training": {"train"},
+    "gateway": {"gateway", "apikey"},
 }  # fmt: skip
-HEAVY = ("onnxruntime", "insightface", "torch", "cv2", "timm", "mediapipe", "deploy.devstack")
+HEAVY = (
+    "onnxruntime", "insightface", "torch", "cv2", "timm", "mediapipe", "deploy.devstack",
+    "fastapi", "uvicorn",
+)  # fmt: skip
 MAIN = "import shared.cli; shared.cli.main()"
 WIDE = {"COLUMNS": "200"}  # rich wraps help to the terminal width
 
@@ -68,6 +73,7 @@ def test_each_package_registers_in_the_entry_point_group() -> None:
     assert eps["workers"].value == "workers.cli:register"
     assert eps["deploy"].value == "deploy.cli:register"
     assert eps["training"].value == "training.cli:register"
+    assert eps["gateway"].value == "gateway.cli:register"
     for name, expected in BY_PACKAGE.items():
         app = typer.Typer()
         eps[name].load()(app)
@@ -161,6 +167,8 @@ def test_a_command_whose_dependency_is_missing_stays_listed_as_unavailable() -> 
         ["model", "--help"],
         ["dev", "--help"],
         ["train", "liveness", "--help"],
+        ["gateway", "--help"],
+        ["apikey", "create", "--help"],
     ],
     ids=" ".join,
 )

@@ -36,7 +36,7 @@ INIT_DB = COMPOSE_DIR / "init-db.sh"
 DOCKER_DIR = ROOT / "deploy" / "docker"
 
 GPU_SERVICES = ("worker-gpu", "training")
-PUBLISHED_SERVICES = {"flower", "minio"}
+PUBLISHED_SERVICES = {"flower", "minio", "gateway"}
 ANCHOR_KEY = "x-faceauth-env"
 # Names of variables that hold credentials (in .env.example and in compose environments).
 SECRET_NAME = re.compile(r"(PASSWORD|SECRET|TOKEN|ACCESS_KEY|ROOT_USER|REDISCLI_AUTH)")
@@ -352,6 +352,7 @@ def test_expected_services_exist(services: dict[str, dict[str, Any]]) -> None:
         "worker-gpu",
         "worker-io",
         "flower",
+        "gateway",
         "training",
     }
 
@@ -380,8 +381,14 @@ def test_referenced_dockerfiles_exist_with_their_build_args(
             assert re.search(rf"^ARG {arg}\b", text, re.M), f"{name}: ARG {arg} not declared"
         if "ORT_FLAVOUR" in build.get("args", {}):
             flavours[name] = build["args"]["ORT_FLAVOUR"]
-    assert flavours == {"migrate": "cpu", "worker-gpu": "gpu", "worker-io": "cpu", "flower": "cpu"}
-    # one tag per flavour, so the three CPU services share one image
+    assert flavours == {
+        "migrate": "cpu",
+        "worker-gpu": "gpu",
+        "worker-io": "cpu",
+        "flower": "cpu",
+        "gateway": "cpu",
+    }
+    # one tag per flavour, so the CPU services share one image
     assert {services[name]["image"] for name, f in flavours.items() if f == "cpu"} == {
         "faceauth-worker:cpu"
     }
@@ -392,7 +399,7 @@ def test_worker_dockerfile_swaps_in_gpu_runtime_and_headless_opencv() -> None:
     assert re.search(r"^ARG CUDA_IMAGE=nvidia/cuda:[\d.]+-cudnn-runtime-", text, re.M)
     assert re.search(r"^FROM \$\{CUDA_IMAGE\} AS base-gpu$", text, re.M)
     assert re.search(r"^FROM base-\$\{ORT_FLAVOUR\} AS worker$", text, re.M)
-    assert 'pip install "/src[gpu]"' in text and 'pip install "/src[cpu]"' in text
+    assert 'pip install "/src[gpu]"' in text and 'pip install "/src[cpu,gateway]"' in text
     assert "pip uninstall -y opencv-python opencv-contrib-python" in text
     assert "pip uninstall -y onnxruntime;" in text
     assert '--force-reinstall "onnxruntime-gpu==' in text
@@ -505,7 +512,36 @@ def test_flower_runs_behind_basic_auth_on_every_route(
     assert "!deploy/" in ignore
 
 
-def test_only_flower_and_minio_publish_ports_on_loopback_by_default(
+def test_gateway_serves_the_api_as_the_app_role_and_is_healthy_when_ready(
+    raw_doc: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    """The HTTP gateway: `faceauth gateway` from the CPU image (which installs the gateway
+    extra and ships the package), healthy when /readyz answers, metrics summed over its
+    uvicorn workers, the application role only (checked with the others below)."""
+    gateway = services["gateway"]
+    assert gateway["command"] == ["faceauth", "gateway", "--host", "0.0.0.0"]
+    # the published port is the settings' default port
+    assert Settings.model_fields["gateway_port"].default == 8080
+    assert gateway["image"] == "faceauth-worker:cpu"
+    assert gateway["healthcheck"]["test"] == [
+        "CMD", "python", "-m", "gateway.healthcheck", "http://127.0.0.1:8080"
+    ]  # fmt: skip
+    assert (ROOT / "gateway" / "healthcheck.py").read_text().count("/readyz") >= 1
+    assert [str(p).rsplit(":", 1)[-1] for p in gateway["ports"]] == ["8080"]
+    assert raw_doc["services"]["gateway"]["ports"][0].startswith("${GATEWAY_BIND_ADDR:-127.0.0.1}")
+    env = gateway["environment"]
+    assert env["PROMETHEUS_MULTIPROC_DIR"] in gateway["tmpfs"]
+    assert "deploy" not in gateway and "FACEAUTH_ORT_PROVIDERS" not in env  # no GPU, no model
+    assert set(gateway["depends_on"]) >= {"postgres", "redis", "minio", "migrate"}
+    # the stop grace covers the longest ?wait a request may hold
+    grace = int(str(gateway["stop_grace_period"]).removesuffix("s"))
+    assert grace > Settings.model_fields["gateway_wait_max_s"].default
+    ignore = (DOCKER_DIR / "worker.Dockerfile.dockerignore").read_text().splitlines()
+    assert "!gateway/" in ignore
+    assert "import gateway.app" in (DOCKER_DIR / "worker.Dockerfile").read_text()
+
+
+def test_only_flower_minio_and_gateway_publish_ports_on_loopback_by_default(
     raw_doc: dict[str, Any], example_env: dict[str, str]
 ) -> None:
     env = {k: v for k, v in example_env.items() if not k.endswith("_BIND_ADDR")}
@@ -555,7 +591,7 @@ def test_app_services_get_the_shared_faceauth_environment(
 ) -> None:
     anchor = doc[ANCHOR_KEY]
     app_services = {name for name, service in services.items() if _is_app_service(service)}
-    assert app_services == {"migrate", "worker-gpu", "worker-io", "flower", "training"}
+    assert app_services == {"migrate", "worker-gpu", "worker-io", "flower", "gateway", "training"}
     for name in app_services:
         env = services[name]["environment"]
         assert isinstance(env, dict), name
@@ -573,7 +609,9 @@ def test_every_faceauth_variable_is_a_settings_field(services: dict[str, dict[st
                 assert key.removeprefix("FACEAUTH_").lower() in fields, f"{name}: {key}"
 
 
-@pytest.mark.parametrize("name", ["migrate", "worker-gpu", "worker-io", "flower", "training"])
+@pytest.mark.parametrize(
+    "name", ["migrate", "worker-gpu", "worker-io", "flower", "gateway", "training"]
+)
 def test_app_environments_parse_into_settings(
     services: dict[str, dict[str, Any]], name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,5 +1,7 @@
 """The reconciler thread of a worker's main process: re-publishes stranded jobs.
 
+Each sweep also sends due webhook events to the IO queue (``dispatch_webhooks``).
+
 Every worker runs one (``FACEAUTH_RECONCILER_ENABLED``); several at once are safe
 because each sweep locks the rows it publishes (SKIP LOCKED) and moves their lease
 forward. It lives in the main process, not a pool child, so a busy or killed child
@@ -16,7 +18,12 @@ from typing import Any
 import psycopg
 
 from shared.config import Settings
-from shared.delivery import celery_publisher, reconcile_once
+from shared.delivery import (
+    celery_publisher,
+    celery_task_publisher,
+    dispatch_webhooks,
+    reconcile_once,
+)
 from workers import metrics
 
 log = logging.getLogger(__name__)
@@ -27,6 +34,7 @@ class Reconciler(threading.Thread):
         super().__init__(name="faceauth-reconciler", daemon=True)
         self._settings = settings
         self._publish = celery_publisher(celery_app)
+        self._publish_task = celery_task_publisher(celery_app)
         self._stopping = threading.Event()
         self._conn: psycopg.Connection | None = None
         self._failing = False
@@ -49,7 +57,9 @@ class Reconciler(threading.Thread):
 
     def sweep(self) -> None:
         try:
-            report = reconcile_once(self._connection(), self._publish, self._settings)
+            conn = self._connection()
+            report = reconcile_once(conn, self._publish, self._settings)
+            dispatch_webhooks(conn, self._publish_task, self._settings)
         except psycopg.Error as exc:
             # The database is down: nothing to decide until it is back. One line per outage.
             if not self._failing:

@@ -2,7 +2,8 @@
 
 The kinds, their stable task names, queues and request models are declared in
 ``shared.schemas.JOBS``; here each kind gets the handler (all in ``workers/pipeline/``)
-that computes its outcome. The worker app imports this module (``include``).
+that computes its outcome. The worker app imports this module (``include``), and with it
+the tasks that are not jobs (``shared.schemas.INTERNAL_TASKS``: webhook delivery).
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from workers.pipeline.quality_scan import quality_scan_job
 from workers.pipeline.reembed import reembed
 from workers.pipeline.retention import apply_retention
 from workers.pipeline.verification import verify
+from workers.webhook_task import deliver_webhook
+
+INTERNAL = {deliver_webhook.name: deliver_webhook}
 
 HANDLERS: Mapping[JobKind, Handler] = {
     JobKind.INSPECT_IMAGE: inspect,

@@ -1,4 +1,5 @@
-"""``DevStack``: Redis + PostgreSQL + S3 + Celery workers + Flower on loopback, one data dir.
+"""``DevStack``: Redis + PostgreSQL + S3 + Celery workers + Flower + the HTTP gateway on
+loopback, one data dir.
 
 Used by ``faceauth dev up/down``, ``faceauth demo`` and the pytest session fixtures.
 Everything the stack writes lives under ``data_dir`` (logs in ``data_dir/logs``),
@@ -32,6 +33,7 @@ import socket
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from base64 import b64encode
 from collections.abc import Callable, Iterator
@@ -58,6 +60,8 @@ MARKER_FILE = ".faceauth-devstack"
 STATE_FORMAT = 1
 _WORKER_STOP_TIMEOUT_S = 30.0
 _FLOWER_STOP_TIMEOUT_S = 10.0
+_GATEWAY_STOP_TIMEOUT_S = 10.0
+GATEWAY = "gateway"  # the default gateway's process name (tests may start more, by name)
 _PING_EVERY_S = 1.0
 
 
@@ -80,6 +84,7 @@ class StackEndpoints:
     flower_password: str | None = field(default=None, repr=False)
     # libpq URI of the owner role: `faceauth db migrate` and admin work, never workers
     migration_database_url: str | None = None
+    gateway_url: str | None = None  # http://127.0.0.1:PORT of the default HTTP gateway
 
     def broker_url(self) -> str:
         return f"{self.redis_url}/0"
@@ -123,6 +128,7 @@ class StackEndpoints:
             flower_user=optional("flower_user"),
             flower_password=optional("flower_password"),
             migration_database_url=optional("migration_database_url"),
+            gateway_url=optional("gateway_url"),
         )
 
 
@@ -148,6 +154,7 @@ class DevStack:
         self._endpoints: StackEndpoints | None = None
         self._workers: list[ManagedProcess] = []
         self._flower: ManagedProcess | None = None
+        self._gateways: dict[str, ManagedProcess] = {}
         self._owner_pid = os.getpid()
         self._detached = False
         self._stopped = False
@@ -189,6 +196,11 @@ class DevStack:
         return self._flower
 
     @property
+    def gateway(self) -> ManagedProcess | None:
+        """The default HTTP gateway's process (its pid: the uvicorn server)."""
+        return self._gateways.get(GATEWAY)
+
+    @property
     def postgres(self) -> PostgresServer:
         """The PostgreSQL server (``admin_url``: superuser, ``owner_url``: schema owner)."""
         if self._postgres is None:
@@ -208,7 +220,8 @@ class DevStack:
         return self._s3
 
     def processes(self) -> list[ManagedProcess]:
-        """Every live process of the stack, in start order (servers, Flower, workers)."""
+        """Every live process of the stack, in start order (servers, Flower, workers,
+        gateways)."""
         procs: list[ManagedProcess] = []
         for service in (self._redis, self._postgres, self._s3):
             if service is not None and service.process is not None:
@@ -216,6 +229,7 @@ class DevStack:
         if self._flower is not None:
             procs.append(self._flower)
         procs.extend(self._workers)
+        procs.extend(self._gateways.values())
         return [p for p in procs if p.is_alive()]
 
     # --- servers ----------------------------------------------------------------------------
@@ -465,10 +479,75 @@ class DevStack:
         )
         return url
 
+    # --- HTTP gateway -----------------------------------------------------------------------
+
+    def start_gateway(
+        self,
+        *,
+        name: str = GATEWAY,
+        workers: int = 1,
+        extra_env: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> str:
+        """Start the HTTP gateway (``python -m gateway``) on a loopback port; return its URL
+        once ``/readyz`` answers 200 (Postgres, Redis and S3 reachable).
+
+        ``name`` tells gateways apart (its log is ``logs/<name>.log``); the default one's
+        URL is ``endpoints.gateway_url``. The gateway connects as the application role.
+        """
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise ValueError(f"gateway name must be [A-Za-z0-9_.-]+, got {name!r}")
+        running = self._gateways.get(name)
+        if running is not None and running.is_alive():
+            raise DevStackError(f"a gateway named {name!r} is already running")
+        url_holder: list[str] = []
+
+        def attempt() -> None:
+            port = free_port()
+            url = f"http://{LOOPBACK}:{port}"
+            argv = [
+                sys.executable, "-m", "gateway",
+                "--host", LOOPBACK, "--port", str(port), "--workers", str(workers),
+            ]  # fmt: skip
+            proc = ManagedProcess.spawn(
+                name,
+                argv,
+                log_path=self.logs_dir / f"{name}.log",
+                env=self._celery_env(extra_env),
+                cwd=REPO_ROOT,
+            )
+            try:
+                proc.wait_ready(
+                    lambda: _gateway_ready(url),
+                    timeout=timeout or self.start_timeout,
+                    what=f"gateway answering /readyz on {url}",
+                    interval=0.1,
+                )
+            except BaseException:
+                proc.stop(timeout=5)
+                raise
+            self._gateways[name] = proc
+            url_holder.append(url)
+
+        start_with_port_retries(name, attempt)
+        url = url_holder[-1]
+        if name == GATEWAY:
+            self._endpoints = replace(self.endpoints, gateway_url=url)
+        return url
+
+    def stop_gateway(self, name: str = GATEWAY) -> None:
+        """Stop a gateway started by ``start_gateway`` (a later start picks a new port)."""
+        proc = self._gateways.pop(name, None)
+        if proc is not None:
+            proc.stop(timeout=_GATEWAY_STOP_TIMEOUT_S)
+        if name == GATEWAY and self._endpoints is not None:
+            self._endpoints = replace(self._endpoints, gateway_url=None)
+
     # --- stopping ---------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Stop workers, Flower, then S3, PostgreSQL, Redis; remove ``data_dir`` unless kept.
+        """Stop gateways, workers, Flower, then S3, PostgreSQL, Redis; remove ``data_dir``
+        unless kept.
 
         Keeps going past failures so one stuck process does not leak the others;
         raises ``DevStackError`` at the end if anything failed.
@@ -482,6 +561,9 @@ class DevStack:
         with contextlib.suppress(Exception):
             atexit.unregister(self._stop_at_exit)
         errors: list[str] = []
+        # Producers first: a gateway stopped after the servers would answer 503s meanwhile.
+        for gateway in self._gateways.values():
+            _collect(errors, gateway.name, partial(gateway.stop, _GATEWAY_STOP_TIMEOUT_S))
         for worker in reversed(self._workers):
             _collect(errors, worker.name, partial(worker.stop, _WORKER_STOP_TIMEOUT_S))
         if self._flower is not None:
@@ -608,6 +690,14 @@ class _WorkerReadiness:
             with contextlib.suppress(Exception):
                 self._client.close()
             self._client = None
+
+
+def _gateway_ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:  # loopback URL
+            return bool(response.status == 200)
+    except urllib.error.HTTPError:  # 503 while a dependency is still coming up
+        return False
 
 
 def _flower_answers(url: str, user: str, password: str) -> bool:

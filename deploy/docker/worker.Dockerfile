@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1.7
 #
-# faceauth Celery worker (and Flower, and `faceauth db migrate`): one Dockerfile, two
-# ONNX Runtime flavours. Build from the repository root:
+# faceauth Celery worker (and Flower, the HTTP gateway and `faceauth db migrate`): one
+# Dockerfile, two ONNX Runtime flavours. The CPU image also carries the gateway extra. Build from the repository root:
 #
 #   docker build -f deploy/docker/worker.Dockerfile --build-arg ORT_FLAVOUR=gpu -t faceauth-worker:gpu .
 #   docker build -f deploy/docker/worker.Dockerfile --build-arg ORT_FLAVOUR=cpu -t faceauth-worker:cpu .
@@ -68,7 +68,7 @@ RUN --mount=type=bind,target=/src,rw \
     if [ "${ORT_FLAVOUR}" = gpu ]; then \
         pip install "/src[gpu]" "onnxruntime-gpu==${ONNXRUNTIME_GPU_VERSION}"; \
     elif [ "${ORT_FLAVOUR}" = cpu ]; then \
-        pip install "/src[cpu]"; \
+        pip install "/src[cpu,gateway]"; \
     else \
         echo "ORT_FLAVOUR must be gpu or cpu, not '${ORT_FLAVOUR}'" >&2; exit 1; \
     fi
@@ -130,6 +130,9 @@ if flavour == "gpu":
 
 import insightface.app
 import workers.celery_app
+
+if flavour == "cpu":  # the gateway service runs from this image
+    import gateway.app
 EOF
 
 # Unprivileged runtime user (the same uid as the training image). /models is created owned

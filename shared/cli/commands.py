@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import typer
 
-from shared.cli import decisions, jobs, model, ops
+from shared.cli import decisions, jobs, model, ops, webhooks
 
 
 def register(app: typer.Typer) -> None:
@@ -30,3 +30,4 @@ def register(app: typer.Typer) -> None:
     app.add_typer(ops.user_app, name="user", help="Per-user administration (right to erasure).")
     app.command("status")(ops.status)
     app.add_typer(ops.retention_app, name="retention", help="Source-image retention.")
+    app.add_typer(webhooks.app, name="webhooks", help="Webhook events of a job: show, replay.")

@@ -303,6 +303,36 @@ def error_counts(conn: psycopg.Connection, since_s: int) -> dict[str, int]:
 # --- users' jobs ----------------------------------------------------------------------------
 
 
+def recent_verification_failures(
+    conn: psycopg.Connection,
+    user_id: str,
+    *,
+    decisions: Sequence[str],
+    window_s: float,
+    limit: int,
+) -> tuple[int, float]:
+    """Failed verifications of ``user_id`` finished in the last ``window_s`` seconds.
+
+    Returns (how many, counted up to ``limit``; seconds until the oldest of those leaves
+    the window). A verification "fails" when its result's decision is one of
+    ``decisions``. Counted from the durable record, so outcomes that no HTTP caller ever
+    waited for count too, whichever producer submitted them. Both numbers come from the
+    database clock, so the caller's clock does not matter.
+    """
+    row = conn.execute(
+        "SELECT count(*), coalesce(extract(epoch FROM"
+        " min(finished_at) + make_interval(secs => %s) - now()), 0)"
+        " FROM (SELECT finished_at FROM jobs WHERE user_id = %s AND kind = %s"
+        " AND status = 'succeeded' AND result ->> 'decision' = ANY(%s)"
+        " AND finished_at > now() - make_interval(secs => %s)"
+        " ORDER BY finished_at DESC LIMIT %s) recent",
+        (window_s, user_id, str(JobKind.VERIFY), list(decisions), window_s, limit),
+    ).fetchone()
+    if row is None:
+        return 0, 0.0
+    return int(row[0]), max(0.0, float(row[1]))
+
+
 def image_refs_of_user(conn: psycopg.Connection, user_id: str) -> set[str]:
     """Every image key any job of the user referenced (probes, enrollments, failed ones too)."""
     rows = conn.execute(

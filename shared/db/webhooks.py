@@ -39,6 +39,20 @@ def claim_due(conn: psycopg.Connection, *, claim_s: float, limit: int) -> list[U
     return [r[0] for r in rows]
 
 
+def lock_pending(conn: psycopg.Connection, event_id: UUID) -> bool:
+    """Lock a pending event for this transaction; False when settled or another sender has it.
+
+    A sender holds the lock while it POSTs, so two deliveries of one event (a message
+    redelivered after its worker died, and the reconciler's next claim) never run at once.
+    """
+    row = conn.execute(
+        "SELECT 1 FROM webhook_events WHERE event_id = %s AND status = 'pending'"
+        " FOR UPDATE SKIP LOCKED",
+        (event_id,),
+    ).fetchone()
+    return row is not None
+
+
 def get_event(conn: psycopg.Connection, event_id: UUID) -> WebhookEvent | None:
     """A pending event with its key's current callback URL; None when already settled."""
     with conn.cursor(row_factory=dict_row) as cur:

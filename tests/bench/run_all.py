@@ -21,6 +21,7 @@ BENCHES = (
     "bench_first_job",
     "bench_enrollment",
     "bench_verify",
+    "bench_gateway",
     "bench_search",
     "bench_backfill",
 )

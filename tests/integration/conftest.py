@@ -22,6 +22,11 @@ DELIVERY_ENV = {
     "FACEAUTH_JOB_LEASE_S": "4",
     "FACEAUTH_JOB_QUEUED_TIMEOUT_S": "15",
     "FACEAUTH_RECONCILE_INTERVAL_S": "0.5",
+    # Webhook receivers of the tests listen on loopback; retries come within a second, and
+    # an attempt whose sender died is claimed again within 3 x the timeout.
+    "FACEAUTH_WEBHOOK_ALLOW_PRIVATE_NETWORKS": "true",
+    "FACEAUTH_WEBHOOK_BACKOFF_MAX_S": "1",
+    "FACEAUTH_WEBHOOK_TIMEOUT_S": "3",
 }
 
 
@@ -39,6 +44,20 @@ class LiveStack:
             "FACEAUTH_BROKER_VISIBILITY_TIMEOUT_S": str(VISIBILITY_TIMEOUT_S),
             **DELIVERY_ENV,
         }
+
+    @property
+    def gateway_url(self) -> str:
+        """The HTTP gateway of the stack (real uvicorn on a loopback port)."""
+        url = self.stack.endpoints.gateway_url
+        assert url is not None, "the session stack starts a gateway"
+        return url
+
+    @property
+    def gateway(self) -> ManagedProcess:
+        """The gateway's process (its pid is the uvicorn server: one worker)."""
+        proc = self.stack.gateway
+        assert proc is not None
+        return proc
 
     def restart_worker(self) -> ManagedProcess:
         if self.worker.is_alive():
@@ -103,6 +122,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
         holder.worker = stack.start_worker(
             queues=[settings.queue_inference, settings.queue_io], extra_env=holder.worker_env()
         )
+        stack.start_gateway()
         yield holder
     finally:
         stack.stop()

@@ -164,10 +164,24 @@ def test_same_face_under_second_user_is_flagged(live: LiveStack, gallery: Galler
     )
     assert job.status == "succeeded"  # duplicate_action=flag: stored, with the flag
     assert job.result is not None
-    flagged = {d["user_id"] for d in job.result["duplicate_of"]}
-    assert gallery.user["kit_harington"] in flagged
+    matches = job.result["duplicate_of"]
+    flagged = {d["user_id"] for d in matches}
     stored = live.sql("SELECT duplicate_of FROM enrollments WHERE enrollment_id = %s", job.job_id)
-    assert gallery.user["kit_harington"] in {d["user_id"] for d in stored[0][0]}  # type: ignore[union-attr]
+    assert {d["user_id"] for d in stored[0][0]} == flagged  # type: ignore[union-attr]
+    # The first account is flagged, unless the list is full of closer matches (other tests
+    # of the session enroll the same photos under many ids; the list is capped).
+    ((similarity,),) = live.sql(
+        "SELECT 1 - (a.embedding <=> b.embedding) FROM templates a, templates b"
+        " WHERE a.user_id = %s AND b.user_id = %s AND a.is_mean_template AND b.is_mean_template"
+        " AND a.is_active AND b.is_active",
+        second,
+        gallery.user["kit_harington"],
+    )
+    assert similarity >= live.settings.duplicate_threshold  # type: ignore[operator]
+    cap = live.settings.duplicate_max_matches
+    assert gallery.user["kit_harington"] in flagged or (
+        len(matches) == cap and min(d["similarity"] for d in matches) >= similarity - 1e-3  # type: ignore[operator]
+    )
 
 
 def test_calibration_cli_matches_direct_computation(
