@@ -176,14 +176,11 @@ class FaceauthClient:
             body["idempotency_key"] = idempotency_key
         request = JOBS[kind].request.model_validate(body)  # fail fast, before any write
         with get_pool(self.settings).connection() as conn:
-            job, created = job_repo.create_job(
+            job, created = job_repo.create_job_for(
                 conn,
+                request,
                 job_id=job_id,
                 kind=kind,
-                idempotency_key=idempotency_key,
-                user_id=request.subject_user(),
-                image_refs=request.image_refs(),
-                payload=request.model_dump(mode="json"),
                 queued_timeout_s=self.settings.job_queued_timeout_s,
                 api_key_id=origin.api_key_id,
                 request_fingerprint=origin.fingerprint,

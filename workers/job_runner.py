@@ -183,31 +183,34 @@ def _begin(
 ) -> dict[str, Any] | None:
     """Create or claim the job row; a result to return when there is nothing to run."""
     with rt.pool.connection() as conn:
-        job, created = job_repo.create_job(
-            conn,
-            job_id=job_id,
-            kind=kind,
-            idempotency_key=request.idempotency_key,
-            user_id=request.subject_user(),
-            image_refs=request.image_refs(),
-            payload=request.model_dump(mode="json"),
-            queued_timeout_s=rt.settings.job_queued_timeout_s,
-        )
-        if not created:
-            identity = job_repo.job_identity(conn, job.job_id)
-            if identity is None or not _same_request(identity, kind, request):
+        # The producer wrote the row before the message, so it usually exists: read what it
+        # holds first, and create it only for a message that no producer recorded.
+        identity = job_repo.job_identity(conn, job_id)
+        if identity is None:
+            job, created = job_repo.create_job_for(
+                conn,
+                request,
+                job_id=job_id,
+                kind=kind,
+                queued_timeout_s=rt.settings.job_queued_timeout_s,
+            )
+            if not created:  # a concurrent delivery, or the key of an earlier job
+                identity = job_repo.job_identity(conn, job.job_id)
                 if job.job_id != job_id:
-                    return _refused(
-                        job_id,
-                        "idempotency_key_reused",
-                        f"idempotency key belongs to job {job.job_id}, a different request",
-                    )
-                return _refused(
-                    job_id, "job_mismatch", "the kind, user or payload differ from the job row"
-                )
-            if job.job_id != job_id:
-                # The same request under the same idempotency key: the first job is the answer.
-                return job.model_dump(mode="json")
+                    if identity is None or not _same_request(identity, kind, request):
+                        return _refused(
+                            job_id,
+                            "idempotency_key_reused",
+                            f"idempotency key belongs to job {job.job_id}, a different request",
+                        )
+                    # The same request under the same key: the first job is the answer.
+                    return job.model_dump(mode="json")
+                if identity is None:
+                    return _refused(job_id, "job_mismatch", "the job row vanished meanwhile")
+        if identity is not None and not _same_request(identity, kind, request):
+            return _refused(
+                job_id, "job_mismatch", "the kind, user or payload differ from the job row"
+            )
         state, view = job_repo.claim_job(conn, job_id, owner=owner, lease_s=rt.settings.job_lease_s)
     if state is job_repo.ClaimState.CLAIMED:
         return None
@@ -235,16 +238,25 @@ def _commit(
         if status is None:
             # The failure came before the job row existed (e.g. the database was down when
             # the job started): record it anyway so the producer sees an outcome.
-            job_repo.create_job(
-                conn,
-                job_id=job_id,
-                kind=kind,
-                idempotency_key=request.idempotency_key if request else None,
-                user_id=request.subject_user() if request else None,
-                image_refs=request.image_refs() if request else [],
-                payload=request.model_dump(mode="json") if request else {},
-                queued_timeout_s=rt.settings.job_queued_timeout_s,
-            )
+            if request is not None:
+                job_repo.create_job_for(
+                    conn,
+                    request,
+                    job_id=job_id,
+                    kind=kind,
+                    queued_timeout_s=rt.settings.job_queued_timeout_s,
+                )
+            else:
+                job_repo.create_job(
+                    conn,
+                    job_id=job_id,
+                    kind=kind,
+                    idempotency_key=None,
+                    user_id=None,
+                    image_refs=[],
+                    payload={},
+                    queued_timeout_s=rt.settings.job_queued_timeout_s,
+                )
         if outcome.status is JobStatus.SUCCEEDED and outcome.write is not None:
             outcome.write(conn)
         job_repo.finish_job(

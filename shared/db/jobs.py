@@ -14,7 +14,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from shared.errors import ErrorCode
-from shared.schemas import JobKind, JobStatus, JobView
+from shared.schemas import JobKind, JobRequest, JobStatus, JobView
 
 _COLUMNS = (
     "job_id, kind, status, idempotency_key, user_id, result, error_code, error_message, attempts,"
@@ -94,6 +94,31 @@ def create_job(
     if existing is None:  # lost a race with a concurrent delete; extremely unlikely
         raise RuntimeError(f"job {job_id} vanished during creation")
     return _view(existing), False
+
+
+def create_job_for(
+    conn: psycopg.Connection,
+    request: JobRequest,
+    *,
+    job_id: UUID,
+    kind: JobKind,
+    queued_timeout_s: float,
+    api_key_id: str | None = None,
+    request_fingerprint: str | None = None,
+) -> tuple[JobView, bool]:
+    """``create_job`` with the row's fields taken from a validated request."""
+    return create_job(
+        conn,
+        job_id=job_id,
+        kind=kind,
+        idempotency_key=request.idempotency_key,
+        user_id=request.subject_user(),
+        image_refs=request.image_refs(),
+        payload=request.model_dump(mode="json"),
+        queued_timeout_s=queued_timeout_s,
+        api_key_id=api_key_id,
+        request_fingerprint=request_fingerprint,
+    )
 
 
 def find_by_idempotency_key(conn: psycopg.Connection, key: str) -> JobView | None:
