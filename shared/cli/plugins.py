@@ -84,16 +84,14 @@ def mount_group(
     requires: Sequence[str] = (),
 ) -> None:
     """Add the group ``load()`` returns as ``name``, or an unavailable placeholder."""
-    missing = missing_requirement(requires)
-    if missing is None:
-        try:
-            sub = load()
-        except ModuleNotFoundError as exc:
-            missing = exc.name or name
-        else:
-            parent.add_typer(sub, name=name, help=help_text)
-            return
-    _unavailable(parent, name, help_text, missing)
+    _mount(
+        parent,
+        name,
+        help_text,
+        load,
+        requires,
+        lambda sub: parent.add_typer(sub, name=name, help=help_text),
+    )
 
 
 def mount_command(
@@ -109,14 +107,26 @@ def mount_command(
     ``help_text`` is used only for the placeholder: an available command keeps its
     docstring as its help.
     """
+    _mount(parent, name, help_text, load, requires, lambda command: parent.command(name)(command))
+
+
+def _mount(
+    parent: typer.Typer,
+    name: str,
+    help_text: str,
+    load: Callable[[], Any],
+    requires: Sequence[str],
+    add: Callable[[Any], object],
+) -> None:
+    """``add(load())`` when the requirements are importable, else an unavailable placeholder."""
     missing = missing_requirement(requires)
     if missing is None:
         try:
-            command = load()
+            loaded = load()
         except ModuleNotFoundError as exc:
             missing = exc.name or name
         else:
-            parent.command(name)(command)
+            add(loaded)
             return
     _unavailable(parent, name, help_text, missing)
 
