@@ -239,6 +239,18 @@ def running_stack(
         stack.stop()
 
 
+def enroll_all_but_last(bs: BenchStack, people: dict[str, list[Path]]) -> None:
+    """Enroll each person with every photo but the last (kept back as their probe)."""
+    jobs = {
+        name: bs.client.submit_enrollment(name, [p.read_bytes() for p in photos[:-1]])
+        for name, photos in people.items()
+    }
+    for name, job_id in jobs.items():
+        job = wait_job(bs.client, job_id, poll_s=0.05)
+        if job.status != "succeeded":
+            raise SystemExit(f"enrollment of {name} failed: {job.error}")
+
+
 def wait_job(
     client: FaceauthClient, job_id: UUID, *, timeout: float = 120.0, poll_s: float = LATENCY_POLL_S
 ) -> JobView:

@@ -55,17 +55,6 @@ UNLIMITED_ENV = {
 }
 
 
-def enroll_all(bs: c.BenchStack, people: dict[str, list[Path]]) -> None:
-    jobs = {
-        name: bs.client.submit_enrollment(name, [p.read_bytes() for p in photos[:-1]])
-        for name, photos in people.items()
-    }
-    for name, job_id in jobs.items():
-        job = c.wait_job(bs.client, job_id, poll_s=0.05)
-        if job.status != "succeeded":
-            raise SystemExit(f"enrollment of {name} failed: {job.error}")
-
-
 def new_token(bs: c.BenchStack) -> str:
     scopes = {api_keys.Scope.ENROLL, api_keys.Scope.VERIFY}
     with get_pool(bs.settings).connection() as conn:
@@ -261,7 +250,7 @@ def main() -> None:
     with c.running_stack() as bs:
         bs.stack.start_gateway(extra_env=UNLIMITED_ENV)
         token = new_token(bs)
-        enroll_all(bs, people)
+        c.enroll_all_but_last(bs, people)
         seconds = latency(bs, token, people, args.verifications)
         # Throughput of the producer side alone: nothing consumes the queue meanwhile.
         assert bs.worker is not None

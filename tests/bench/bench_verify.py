@@ -26,17 +26,6 @@ NAME = "bench_verify"
 WARMUPS = 2
 
 
-def enroll_all(bs: c.BenchStack, people: dict[str, list[Path]]) -> None:
-    jobs = {
-        name: bs.client.submit_enrollment(name, [p.read_bytes() for p in photos[:-1]])
-        for name, photos in people.items()
-    }
-    for name, job_id in jobs.items():
-        job = c.wait_job(bs.client, job_id, poll_s=0.05)
-        if job.status != "succeeded":
-            raise SystemExit(f"enrollment of {name} failed: {job.error}")
-
-
 def verify_once(bs: c.BenchStack, claimed: str, probe: bytes) -> tuple[float, dict[str, Any]]:
     started = time.perf_counter()
     job = c.wait_job(bs.client, bs.client.submit_verification(claimed, probe, liveness=True))
@@ -77,7 +66,7 @@ def main() -> None:
     worker: list[float] = []
     decisions: Counter[str] = Counter()
     with c.running_stack(metrics=True, extra_env=extra_env) as bs:
-        enroll_all(bs, people)
+        c.enroll_all_but_last(bs, people)
         for i in range(WARMUPS):
             verify_once(bs, names[i], probes[names[i]])
         metrics_before = c.scrape_stage_totals(bs.metrics_url)
