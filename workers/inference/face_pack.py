@@ -27,6 +27,7 @@ import numpy.typing as npt
 
 from shared.config import Settings, get_settings
 from shared.errors import ErrorCode, ModelLoadError
+from workers.inference.batched_detection import BatchedDetector, letterbox
 from workers.inference.onnx_session import create_session, resolve_providers, session_options
 from workers.inference.pose import HeadPose, pose_from_5_points, pose_from_landmark_3d_68
 
@@ -109,6 +110,12 @@ class FacePack:
         self._embedding_dim = embedding_dim
         self._recognizer_batched = recognizer_batched
         self._batcher: Callable[[list[Any]], Sequence[FloatArray]] | None = None
+        # Cross-job detection (enable_batching): the opened graph and one batcher per input
+        # side, since a batch must be one tensor (enrollment 640, probes 320 by default).
+        self._make_batcher: Callable[[str, Callable[[list[Any]], Any]], Any] | None = None
+        self._batched_detector: BatchedDetector | None = None
+        self._detection_batchers: dict[int, Callable[[list[Any]], Sequence[Any]]] = {}
+        self._detection_lock = threading.Lock()
         self._model_files = {
             DETECTION: Path(detector.model_file),
             RECOGNITION: Path(recognizer.model_file),
@@ -275,7 +282,14 @@ class FacePack:
         size = det_size or self._det_size
         if size % 32:
             raise ValueError(f"detector input side must be a multiple of 32, got {size}")
-        bboxes, kpss = self._detector.detect(image_bgr, input_size=(size, size), max_num=max_faces)
+        if self._batched_detector is not None:
+            boxed = letterbox(image_bgr, size)  # in this job's thread, overlapping other jobs
+            (outputs,) = self._detection_batcher(size)([boxed.tile])
+            bboxes, kpss = self._batched_detector.decode(outputs, boxed, max_num=max_faces)
+        else:
+            bboxes, kpss = self._detector.detect(
+                image_bgr, input_size=(size, size), max_num=max_faces
+            )
         faces = [self._make_face(image_bgr, bboxes[i], kpss[i]) for i in range(bboxes.shape[0])]
         faces.sort(key=lambda f: f.area, reverse=True)
         return faces
@@ -299,12 +313,26 @@ class FacePack:
         )
 
     def enable_batching(self, make: Callable[[str, Callable[[list[Any]], Any]], Any]) -> None:
-        """Run the recognizer through a batcher shared by the jobs in flight in this process.
+        """Run detector and recognizer through batchers shared by the jobs in this process.
 
-        ``make(name, run)`` returns a callable taking a list of aligned crops and returning
-        one embedding row per crop (``workers.inference.batcher.batcher_for``).
+        ``make(name, run)`` returns a callable taking a list of inputs and returning one
+        output per input (``workers.inference.batcher.batcher_for``): aligned crops for
+        the recognizer, letterboxed tiles for the detector. When the detector graph
+        cannot be opened for batches, detection stays one image per run.
         """
         self._batcher = make(f"recognizer:{self.model_version}", self._recognize)
+        self._batched_detector = BatchedDetector.open(self._detector, self.providers)
+        self._make_batcher = make
+
+    def _detection_batcher(self, size: int) -> Callable[[list[Any]], Sequence[Any]]:
+        with self._detection_lock:
+            batcher = self._detection_batchers.get(size)
+            if batcher is None:
+                assert self._make_batcher is not None and self._batched_detector is not None
+                name = f"detector:{size}:{self.model_version}"
+                batcher = self._make_batcher(name, self._batched_detector.run)
+                self._detection_batchers[size] = batcher
+            return batcher
 
     def _recognize(self, aligned: list[Any]) -> list[FloatArray]:
         """Raw recognizer rows for aligned crops: runs of at most ``MAX_EMBED_BATCH`` (or 1)."""

@@ -214,39 +214,12 @@ def _open_batch_dimension(path: Path) -> bytes:
     """Serialized copy of the model with batch dim ``N`` and Reshape targets ``[1, ...]`` → 0.
 
     PyTorch exports of ``x.view(1, -1)``-style flattens bake the batch of the example input
-    into a constant Reshape shape; 0 in an ONNX Reshape target means "copy this dimension
-    from the input", i.e. the batch. The caller verifies the result numerically.
+    into a constant Reshape shape (see ``onnx_batch``). The caller verifies the result
+    numerically.
     """
     import onnx
-    from onnx import numpy_helper
 
-    model = onnx.load(str(path), load_external_data=False)
-    graph = model.graph
-    for value in [*graph.input, *graph.output]:
-        dims = value.type.tensor_type.shape.dim
-        if dims:
-            dims[0].ClearField("dim_value")
-            dims[0].dim_param = "N"
-    # Intermediate shapes recorded at export still say batch 1; ORT re-infers them.
-    del graph.value_info[:]
+    from workers.inference.onnx_batch import open_batch
 
-    constants = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
-    initializers = {t.name: t for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type != "Reshape" or len(node.input) < 2:
-            continue
-        if any(a.name == "allowzero" and a.i == 1 for a in node.attribute):
-            continue  # there 0 means a zero-sized dimension, not "copy"
-        target = node.input[1]
-        if target in initializers:
-            tensor = initializers[target]
-        elif target in constants and constants[target].attribute[0].name == "value":
-            tensor = constants[target].attribute[0].t
-        else:
-            continue  # computed at run time from the input shape: already batch-agnostic
-        shape = numpy_helper.to_array(tensor)
-        if shape.ndim == 1 and shape.size > 0 and int(shape[0]) == 1:
-            fixed_shape = shape.copy()
-            fixed_shape[0] = 0
-            tensor.CopyFrom(numpy_helper.from_array(fixed_shape, tensor.name))
-    return bytes(model.SerializeToString())
+    opened, _ = open_batch(onnx.load(str(path), load_external_data=False))
+    return bytes(opened.SerializeToString())

@@ -10,8 +10,9 @@ device copy of the input and the copy back of the outputs), not the worker's pip
 
 Self-contained: standard library, numpy, onnx, onnxruntime, torch, cv2 (and onnx2torch,
 imported from ``.whl/onnx2torch-*.whl`` in the repository when it is not installed);
-matplotlib is used for the figure when present, OpenCV draws it otherwise. Nothing of
-the project is imported (the GPU host has no insightface).
+matplotlib is used for the figure when present, OpenCV draws it otherwise. Of the project
+only ``workers.inference.onnx_batch`` is imported (onnx and numpy only; the GPU host has
+no insightface).
 
 Both test-pack graphs were exported with a fixed batch of 1. The batch dimension is
 opened in the ONNX graph before conversion (see ``open_batch``), and every run checks
@@ -50,7 +51,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from onnx import numpy_helper
 
 ROOT = Path(__file__).resolve().parents[3]
 SHARED = Path(os.environ.get("FACEAUTH_SHARED_DIR") or ROOT / ".." / "shared")
@@ -141,97 +141,17 @@ def _import_onnx2torch() -> tuple[Any, str]:
 
 TORCHVISION = _stub_torchvision()
 onnx2torch, ONNX2TORCH_VERSION = _import_onnx2torch()
+sys.path.insert(0, str(ROOT))  # the workers' graph surgery, run from anywhere
 from onnx2torch.node_converters.shape import OnnxShape  # noqa: E402
+
+from workers.inference.onnx_batch import open_batch as _open_batch  # noqa: E402
 
 # --- graphs -----------------------------------------------------------------------------------
 
 
 def open_batch(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
-    """A copy of ``model`` whose batch dimension is free, and a list of the edits made.
-
-    - graph input and outputs: dimension 0 becomes ``N`` (outputs lose their recorded
-      shape: the flattened SCRFD heads change rank, ORT infers them again);
-    - recorded intermediate shapes (``value_info``, batch 1) are dropped;
-    - constant Reshape targets: ``[1, ...]`` (a PyTorch ``x.view(1, -1)`` flatten, as in
-      the recognizer) becomes ``[0, ...]``, 0 meaning "copy the batch"; ``[-1, C]`` (the
-      SCRFD heads: (1, H, W, A*C) transposed maps flattened to (H*W*A, C), which would
-      fold a batch into the anchors) becomes ``[0, -1, C]`` so each head gives
-      (N, H*W*A, C), InsightFace's batched SCRFD layout.
-
-    Targets computed from the input's shape (SCRFD's Resize sizes) are already
-    batch-agnostic. The callers check the result numerically against batch-1 runs.
-    """
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    graph = out.graph
-    edits: list[str] = []
-    for value in graph.input:
-        dims = value.type.tensor_type.shape.dim
-        if dims and dims[0].HasField("dim_value"):
-            edits.append(f"input {value.name}: batch {dims[0].dim_value} -> N")
-            dims[0].ClearField("dim_value")
-            dims[0].dim_param = "N"
-    for value in graph.output:
-        value.type.tensor_type.ClearField("shape")
-    if len(graph.value_info):
-        edits.append(f"dropped {len(graph.value_info)} recorded intermediate shapes")
-        del graph.value_info[:]
-
-    constants = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
-    initializers = {t.name: t for t in graph.initializer}
-    done: set[str] = set()
-    for node in graph.node:
-        if node.op_type != "Reshape" or len(node.input) < 2:
-            continue
-        if any(a.name == "allowzero" and a.i == 1 for a in node.attribute):
-            continue
-        target = node.input[1]
-        if target in done:
-            continue  # a shared initializer already rewritten
-        if target in initializers:
-            tensor = initializers[target]
-        elif target in constants and constants[target].attribute[0].name == "value":
-            tensor = constants[target].attribute[0].t
-        else:
-            continue
-        shape = numpy_helper.to_array(tensor)
-        if shape.ndim != 1 or shape.size == 0:
-            continue
-        if int(shape[0]) == 1:
-            new = shape.copy()
-            new[0] = 0
-        elif int(shape[0]) == -1 and shape.size >= 2 and (shape[1:] > 0).all():
-            new = np.concatenate([np.array([0, -1], dtype=shape.dtype), shape[1:]])
-        else:
-            continue
-        users = [n for n in graph.node if n.op_type == "Reshape" and target in n.input]
-        edits.append(f"Reshape target {shape.tolist()} -> {new.tolist()} ({len(users)} node(s))")
-        tensor.CopyFrom(numpy_helper.from_array(new, tensor.name))
-        done.add(target)
-        if int(shape[0]) == -1:
-            for user in users:
-                _batch_first_transpose(graph, user.input[0], edits)
-    return out, edits
-
-
-def _batch_first_transpose(graph: onnx.GraphProto, tensor: str, edits: list[str]) -> None:
-    """Keep the batch axis first in the Transpose producing ``tensor``.
-
-    SCRFD's heads transpose (N, A*C, H, W) with perm [2, 3, 0, 1] to (H, W, N, A*C): with
-    N = 1 that is the same data as perm [0, 2, 3, 1], (N, H, W, A*C), which a
-    ``[0, -1, C]`` Reshape can split per image; with N > 1 it would interleave the images.
-    """
-    producer = next((n for n in graph.node if tensor in n.output), None)
-    if producer is None or producer.op_type != "Transpose":
-        return
-    attr = next((a for a in producer.attribute if a.name == "perm"), None)
-    if attr is None or not attr.ints or attr.ints[0] == 0:
-        return
-    perm = list(attr.ints)
-    new = [0, *(a for a in perm if a != 0)]
-    del attr.ints[:]
-    attr.ints.extend(new)
-    edits.append(f"Transpose {producer.name} perm {perm} -> {new}")
+    """The workers' own graph surgery (``workers.inference.onnx_batch``), SCRFD heads split."""
+    return _open_batch(model, split_flattened_heads=True)
 
 
 def ort_session(model: onnx.ModelProto, threads: int = 0) -> ort.InferenceSession:
