@@ -197,6 +197,19 @@ class Settings(BaseSettings):
     )
     # 128: recall@1 0.97 at 1M vectors (0.87 at 64) for ~28 ms p50; see README benchmarks.
     hnsw_ef_search: int = Field(128, description="pgvector hnsw.ef_search for 1:N search")
+    # A new model version's index kind; an existing version keeps its own until
+    # `faceauth model search-index KIND` rebuilds it (see README "1:N at a million users").
+    search_index: Literal["vector", "halfvec", "bit"] = Field(
+        "vector",
+        description="1:N index of a new model version: vector (full precision), halfvec "
+        "(half the index memory) or bit (binary quantization, exact re-rank)",
+    )
+    search_rerank_candidates: int = Field(
+        100,
+        ge=1,
+        le=1000,
+        description="rows a quantized (halfvec/bit) index walk yields for exact re-ranking",
+    )
     identify_top_k: int = Field(
         5,
         ge=1,

@@ -70,6 +70,36 @@ def activate(model_version: str = typer.Argument(..., help="version to serve 1:N
     console.print(f"active model version: {model_version}")
 
 
+@app.command("search-index")
+def search_index(
+    kind: str = typer.Argument(..., help="vector, halfvec or bit"),
+    model_version: str | None = typer.Option(None, help="default: the active version"),
+) -> None:
+    """Build KIND's 1:N index for a model version and switch its searches to it.
+
+    Run it off-peak: the build takes minutes per million templates and blocks
+    enrollments of that version meanwhile. Searches move to the new index when it is
+    committed; the old index stays until dropped by a DBA (a rollback is one command).
+    """
+    import psycopg
+
+    from shared.db import templates as template_repo
+
+    if kind not in template_repo.SEARCH_INDEX_KINDS:
+        raise typer.BadParameter(
+            f"KIND must be one of {', '.join(template_repo.SEARCH_INDEX_KINDS)}"
+        )
+    with psycopg.connect(get_settings().database_dsn()) as conn, conn.transaction():
+        version = model_version or template_repo.active_model_version(conn)
+        if version is None:
+            raise typer.BadParameter("no model version is registered yet")
+        dim = template_repo.embedding_dim_of(conn, version)
+        if dim is None:
+            raise typer.BadParameter(f"model version {version!r} is not registered")
+        name = template_repo.build_search_index(conn, version, dim, kind)
+    console.print(f"{version}: 1:N search uses {kind} index {name}")
+
+
 @app.command("reembed")
 def reembed(
     target_version: str | None = typer.Option(None, help="default: the configured pack's version"),

@@ -33,7 +33,10 @@ READ_ONLY_TABLES = frozenset({"schema_migrations"})
 # Tables the application role may read and append to, but never update or delete from.
 APPEND_ONLY_TABLES = frozenset({"audit_log"})
 # SECURITY DEFINER functions (owned by the owner role) the application role may call.
-APP_FUNCTIONS = ("faceauth_ensure_hnsw_index(text, integer)",)
+APP_FUNCTIONS = (
+    "faceauth_ensure_hnsw_index(text, integer)",
+    "faceauth_ensure_search_index(text, integer, text)",
+)
 _DML = "SELECT, INSERT, UPDATE, DELETE"
 
 

@@ -25,8 +25,18 @@ def as_array(value: Any) -> npt.NDArray[np.float32]:
     return np.asarray(value, dtype=np.float32)
 
 
-def hnsw_index_name(model_version: str) -> str:
-    return "templates_hnsw_" + hashlib.sha256(model_version.encode()).hexdigest()[:16]
+# Kinds of 1:N search index a model version may have (shared/db/schema/0008).
+SEARCH_INDEX_KINDS = ("vector", "halfvec", "bit")
+_INDEX_PREFIX = {
+    "vector": "templates_hnsw_",
+    "halfvec": "templates_hnswh_",
+    "bit": "templates_hnswb_",
+}
+
+
+def hnsw_index_name(model_version: str, kind: str = "vector") -> str:
+    """The partial HNSW index of a version's mean templates (named as the SQL function does)."""
+    return _INDEX_PREFIX[kind] + hashlib.sha256(model_version.encode()).hexdigest()[:16]
 
 
 def _vector_type(dim: int) -> sql.Composable:
@@ -34,12 +44,19 @@ def _vector_type(dim: int) -> sql.Composable:
 
 
 def ensure_model_version(
-    conn: psycopg.Connection, *, model_name: str, model_version: str, embedding_dim: int
+    conn: psycopg.Connection,
+    *,
+    model_name: str,
+    model_version: str,
+    embedding_dim: int,
+    search_index: str = "vector",
 ) -> bool:
     """Register a model version and its HNSW index; the first version becomes active.
 
     Returns True when the version is the active one. A version re-registered with
     another dimension is refused: the stored vectors would be meaningless.
+    ``search_index`` (FACEAUTH_SEARCH_INDEX) is the kind of index a *new* version gets;
+    an existing version keeps its own (``build_search_index`` changes it).
     """
     row = conn.execute(
         "SELECT embedding_dim, is_active FROM model_versions WHERE model_version = %s",
@@ -64,15 +81,46 @@ def ensure_model_version(
     # owns no table, so the index is built by a SECURITY DEFINER function owned by the
     # schema owner (shared/db/schema/0003_least_privilege.sql), which derives the same
     # name as hnsw_index_name.
+    build_search_index(conn, model_version, embedding_dim, search_index)
+    return has_active is None
+
+
+def build_search_index(
+    conn: psycopg.Connection, model_version: str, embedding_dim: int, kind: str
+) -> str:
+    """Create the version's partial HNSW index of ``kind`` (if missing) and search through it.
+
+    Building over an existing gallery takes minutes per million templates and holds a
+    lock that blocks enrollments of that version meanwhile: run it from the command line
+    (``faceauth model search-index``), not in a job.
+    """
+    if kind not in SEARCH_INDEX_KINDS:
+        raise ValueError(f"search index kind must be one of {SEARCH_INDEX_KINDS}, not {kind!r}")
     created = conn.execute(
-        "SELECT faceauth_ensure_hnsw_index(%s, %s)", (model_version, int(embedding_dim))
+        "SELECT faceauth_ensure_search_index(%s, %s, %s)",
+        (model_version, int(embedding_dim), kind),
     ).fetchone()
-    expected = hnsw_index_name(model_version)
+    expected = hnsw_index_name(model_version, kind)
     if created is None or created[0] != expected:
         raise RuntimeError(
-            f"faceauth_ensure_hnsw_index named the index {created!r}, expected {expected!r}"
+            f"faceauth_ensure_search_index named the index {created!r}, expected {expected!r}"
         )
-    return has_active is None
+    return expected
+
+
+def embedding_dim_of(conn: psycopg.Connection, model_version: str) -> int | None:
+    row = conn.execute(
+        "SELECT embedding_dim FROM model_versions WHERE model_version = %s", (model_version,)
+    ).fetchone()
+    return int(row[0]) if row else None
+
+
+def search_index_of(conn: psycopg.Connection, model_version: str) -> str:
+    """The kind of index the version's 1:N searches walk (``vector`` when unregistered)."""
+    row = conn.execute(
+        "SELECT search_index FROM model_versions WHERE model_version = %s", (model_version,)
+    ).fetchone()
+    return str(row[0]) if row else "vector"
 
 
 def active_model_version(conn: psycopg.Connection) -> str | None:
@@ -323,6 +371,8 @@ def search_mean_templates(
     ef_search: int,
     exact: bool = False,
     exclude_user: str | None = None,
+    index_kind: str | None = None,
+    rerank_candidates: int = 100,
 ) -> list[SearchHit]:
     """Top-k users by cosine similarity of their active mean template (HNSW or exact).
 
@@ -330,34 +380,70 @@ def search_mean_templates(
     (another version's rows, an excluded user) could leave fewer than ``top_k`` rows.
     pgvector 0.8's iterative index scan keeps walking until the filtered query has its
     rows, so no count of the gallery and no exact re-run are needed per query; relaxed
-    order is re-sorted here (a few rows). ``exact`` (a sequential scan) is for benchmarks
-    and checks. The settings are set for this query only: ``SET LOCAL`` then ``RESET``,
-    so they neither outlive the query inside a caller's larger transaction nor leak to
-    the next user of a pooled connection.
+    order is re-sorted here (a few rows).
+
+    ``index_kind`` (default: the version's, ``search_index_of``) selects the walk. With a
+    quantized index (``halfvec``, ``bit``) the walk yields ``rerank_candidates`` rows in
+    quantized order and the stored full-precision vectors re-rank them, so every score
+    returned is the exact cosine and quantization can only cost recall, never accuracy
+    of a score. ``exact`` (a sequential scan) is for benchmarks and checks.
+
+    The settings are set for this query only: ``SET LOCAL`` then ``RESET``, so they
+    neither outlive the query inside a caller's larger transaction nor leak to the next
+    user of a pooled connection.
     """
+    kind = "vector" if exact else (index_kind or search_index_of(conn, model_version))
+    if kind not in SEARCH_INDEX_KINDS:
+        raise ValueError(f"unknown search index kind {kind!r}")
+    dim = sql.Literal(int(embedding_dim))
     vt = _vector_type(embedding_dim)
-    query = sql.SQL(
-        "SELECT template_id, user_id, 1 - (embedding::{vt} <=> %(q)s::{vt}) AS score"
-        " FROM templates WHERE model_version = {mv} AND is_active AND is_mean_template"
-        " {exclude} ORDER BY embedding::{vt} <=> %(q)s::{vt} LIMIT %(k)s"
+    where = sql.SQL(
+        "FROM templates WHERE model_version = {mv} AND is_active AND is_mean_template {exclude}"
     ).format(
-        vt=vt,
         mv=sql.Literal(model_version),
         exclude=sql.SQL("AND user_id <> %(ex)s") if exclude_user else sql.SQL(""),
     )
+    score = sql.SQL("1 - (embedding::{vt} <=> %(q)s::{vt})").format(vt=vt)
+    if kind == "vector":
+        query = sql.SQL(
+            "SELECT template_id, user_id, {score} AS score {where}"
+            " ORDER BY embedding::{vt} <=> %(q)s::{vt} LIMIT %(k)s"
+        ).format(score=score, where=where, vt=vt)
+        walk = top_k
+    else:
+        # The ORDER BY expression must be the index's own expression for the planner to
+        # walk the index (shared/db/schema/0008_search_index_kinds.sql).
+        order = {
+            "halfvec": sql.SQL("embedding::halfvec({d}) <=> %(q)s::vector::halfvec({d})"),
+            "bit": sql.SQL(
+                "binary_quantize(embedding)::bit({d}) <~> binary_quantize(%(q)s::vector({d}))"
+            ),
+        }[kind].format(d=dim)
+        query = sql.SQL(
+            "SELECT template_id, user_id, score FROM ("
+            "SELECT template_id, user_id, {score} AS score {where} ORDER BY {order} LIMIT %(n)s"
+            ") AS candidates ORDER BY score DESC LIMIT %(k)s"
+        ).format(score=score, where=where, order=order)
+        walk = max(top_k, rerank_candidates)
     with conn.transaction():
-        conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(int(ef_search))))
-        conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
-        if exact:
-            conn.execute("SET LOCAL enable_indexscan = off")
+        # One round trip each way (several statements, no parameters: simple protocol).
+        conn.execute(
+            sql.SQL(
+                "SET LOCAL hnsw.ef_search = {}; SET LOCAL hnsw.iterative_scan = relaxed_order;"
+                " SET LOCAL enable_indexscan = {}"
+            ).format(sql.Literal(max(ef_search, walk)), sql.SQL("off" if exact else "on"))
+        )
         rows = conn.execute(
             query,
-            {"q": np.asarray(embedding, dtype=np.float32), "k": top_k, "ex": exclude_user},
+            {
+                "q": np.asarray(embedding, dtype=np.float32),
+                "k": top_k,
+                "n": walk,
+                "ex": exclude_user,
+            },
         ).fetchall()
         # (On an error the block rolls back, which undoes the SET LOCALs as well.)
-        conn.execute("RESET hnsw.ef_search")
-        conn.execute("RESET hnsw.iterative_scan")
-        conn.execute("RESET enable_indexscan")
+        conn.execute("RESET hnsw.ef_search; RESET hnsw.iterative_scan; RESET enable_indexscan")
     hits = [SearchHit(user_id=str(r[1]), score=float(r[2]), template_id=r[0]) for r in rows]
     hits.sort(key=lambda h: h.score, reverse=True)  # relaxed order: nearly sorted already
     return hits

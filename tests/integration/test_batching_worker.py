@@ -83,10 +83,12 @@ def test_jobs_in_flight_share_model_runs_and_each_ends_once(
     sizes = _batch_sizes(batching_worker)
     recognizer = next(v for m, v in sizes.items() if m.startswith("recognizer:"))
     liveness = next(v for m, v in sizes.items() if m.startswith("liveness:"))
-    # Every face went through a batcher (a delivery whose lease a busy host let run out may
-    # run a job twice; its outcome is still written once) ...
-    assert recognizer[1] >= 12 and liveness[1] >= 12
-    assert recognizer[0] < recognizer[1]  # ... and some runs carried faces of several jobs
+    detector = next(v for m, v in sizes.items() if m.startswith("detector:640:"))
+    # Every image and face went through a batcher (a delivery whose lease a busy host let
+    # run out may run a job twice; its outcome is still written once) ...
+    assert detector[1] >= 12 and recognizer[1] >= 12 and liveness[1] >= 12
+    # ... and some runs carried images or faces of several jobs.
+    assert detector[0] < detector[1] and recognizer[0] < recognizer[1]
     rows = live.sql(
         "SELECT count(DISTINCT user_id), count(*) FROM enrollments WHERE user_id LIKE %s",
         tag + "-%",

@@ -167,6 +167,87 @@ def test_hnsw_index_per_model_version_is_used(live: LiveStack) -> None:
         assert repo.hnsw_index_name(version) in plan
 
 
+def _index_scans(conn: psycopg.Connection, name: str) -> int:
+    conn.execute("SELECT pg_stat_force_next_flush()")
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    row = conn.execute(
+        "SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = %s", (name,)
+    ).fetchone()
+    return int(row[0]) if row else -1
+
+
+@pytest.mark.parametrize("kind", ["halfvec", "bit"])
+def test_quantized_index_walks_its_own_index_and_returns_exact_scores(
+    live: LiveStack, kind: str
+) -> None:
+    dim, version = 64, f"quant-{kind}-{uuid4().hex[:8]}"
+    rng = np.random.default_rng(2)
+    vectors = rng.normal(size=(300, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    with psycopg.connect(live.settings.database_dsn(), autocommit=True) as conn:
+        register_vector(conn)
+        with conn.transaction():
+            repo.ensure_model_version(
+                conn,
+                model_name="synthetic",
+                model_version=version,
+                embedding_dim=dim,
+                search_index=kind,
+            )
+            for i, vec in enumerate(vectors):
+                repo.write_enrollment(
+                    conn,
+                    enrollment_id=uuid4(),
+                    user_id=f"{version}-u{i}",
+                    model_name="synthetic",
+                    model_version=version,
+                    templates=[repo.NewTemplate(vec, True, {}, None)],
+                    liveness_checked=False,
+                    duplicate_of=[],
+                )
+        assert repo.search_index_of(conn, version) == kind
+        conn.execute("ANALYZE templates")
+        conn.execute("SET enable_seqscan = off")  # 300 rows: show the index *is* walked
+        index = repo.hnsw_index_name(version, kind)
+        before = _index_scans(conn, index)
+        # A genuine probe: a noisy copy (cosine 0.8) of user 7's template.
+        noise = rng.normal(size=dim).astype(np.float32)
+        noise -= noise @ vectors[7] * vectors[7]
+        probe = 0.8 * vectors[7] + 0.6 * noise / np.linalg.norm(noise)
+        hits = repo.search_mean_templates(
+            conn,
+            probe,
+            model_version=version,
+            embedding_dim=dim,
+            top_k=5,
+            ef_search=40,
+            rerank_candidates=50,
+        )
+        assert _index_scans(conn, index) > before
+        assert hits[0].user_id == f"{version}-u7"
+        exact = vectors @ probe
+        for hit in hits:  # scores are the full-precision cosine, not the quantized distance
+            i = int(hit.user_id.rsplit("-u", 1)[1])
+            assert hit.score == pytest.approx(float(exact[i]), abs=1e-5)
+        assert all(a.score >= b.score for a, b in itertools.pairwise(hits))
+        # With every row a candidate, the re-ranked top 5 is the exact top 5.
+        everything = repo.search_mean_templates(
+            conn,
+            probe,
+            model_version=version,
+            embedding_dim=dim,
+            top_k=5,
+            ef_search=40,
+            rerank_candidates=300,
+        )
+        want = [f"{version}-u{i}" for i in np.argsort(-exact)[:5]]
+        assert [h.user_id for h in everything] == want
+        # Switching the version back to a full-precision index is one call.
+        with conn.transaction():
+            repo.build_search_index(conn, version, dim, "vector")
+        assert repo.search_index_of(conn, version) == "vector"
+
+
 def test_model_version_dimension_is_fixed(live: LiveStack) -> None:
     version = f"dim-{uuid4().hex[:8]}"
     with psycopg.connect(live.settings.database_dsn()) as conn:

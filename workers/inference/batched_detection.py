@@ -198,7 +198,8 @@ class BatchedDetector:
         cached = det.center_cache.get(key)
         if cached is not None:
             return np.asarray(cached)
-        centers = np.stack(np.mgrid[:height, :width][::-1], axis=-1).astype(np.float32)
+        grid = np.mgrid[:height, :width]
+        centers = np.stack([grid[1], grid[0]], axis=-1).astype(np.float32)  # (x, y) per cell
         centers = (centers * stride).reshape((-1, 2))
         if det._num_anchors > 1:
             centers = np.stack([centers] * det._num_anchors, axis=1).reshape((-1, 2))

@@ -42,6 +42,7 @@ def store_templates(
     templates: list[template_repo.NewTemplate],
     liveness_checked: bool,
     duplicate_of: list[dict[str, Any]],
+    search_index: str = "vector",
 ) -> list[UUID]:
     """Register the pack's model version (and its index) and write one enrollment's rows."""
     template_repo.ensure_model_version(
@@ -49,6 +50,7 @@ def store_templates(
         model_name=pack.model_name,
         model_version=pack.model_version,
         embedding_dim=pack.embedding_dim,
+        search_index=search_index,
     )
     return template_repo.write_enrollment(
         conn,
@@ -202,6 +204,7 @@ def enroll(request: EnrollRequest, ctx: JobContext) -> Outcome:
             templates=new_templates,
             liveness_checked=bool(liveness.get("checked")),
             duplicate_of=duplicates,
+            search_index=settings.search_index,
         )
         result["templates"] = [
             {
@@ -242,6 +245,7 @@ def _duplicate_candidates(
             top_k=settings.duplicate_max_matches,
             ef_search=settings.hnsw_ef_search,
             exclude_user=user_id,
+            rerank_candidates=settings.search_rerank_candidates,
         )
     return [
         {"user_id": h.user_id, "similarity": round(h.score, 4)}

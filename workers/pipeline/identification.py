@@ -72,6 +72,7 @@ def identify(request: IdentifyRequest, ctx: JobContext) -> Outcome:
             embedding_dim=pack.embedding_dim,
             top_k=top_k,
             ef_search=rt.settings.hnsw_ef_search,
+            rerank_candidates=rt.settings.search_rerank_candidates,
         )
     timer.add("search", t)
     result["candidates"] = [

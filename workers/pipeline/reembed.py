@@ -83,6 +83,7 @@ def reembed(request: ReembedRequest, ctx: JobContext) -> Outcome:
             templates=new,
             liveness_checked=False,
             duplicate_of=[],
+            search_index=ctx.runtime.settings.search_index,
         )
         append_audit(
             conn,
