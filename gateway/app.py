@@ -21,7 +21,7 @@ from gateway.bodylimit import BodyLimit
 from gateway.metrics import MetricsMiddleware
 from gateway.problems import install_handlers
 from gateway.ratelimit import KeyRateLimiter, VerificationFailureLimit
-from gateway.routes import jobs, ops, submissions, users
+from gateway.routes import jobs, ops, sessions, submissions, users
 from gateway.state import GatewayState
 from gateway.wakeup import OutcomeWakeups
 from shared.config import Settings, get_settings
@@ -86,7 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url=None,
     )
     install_handlers(app)
-    for module in (submissions, jobs, users, ops):
+    for module in (submissions, sessions, jobs, users, ops):
         app.include_router(module.router)
     app.add_middleware(BodyLimit, max_bytes=settings.gateway_max_request_bytes)
     app.add_middleware(MetricsMiddleware)  # added last = outermost

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -25,7 +26,7 @@ from gateway.problems import Problem, field_errors, invalid
 from gateway.uploads import FormSpec, read_form
 from shared.config import Settings
 from shared.errors import ErrorCode
-from shared.schemas import USER_ID_PATTERN, ImageKey, JobKind
+from shared.schemas import CHANNEL_PATTERN, USER_ID_PATTERN, ImageKey, JobKind
 
 # JSON bodies carry object keys, never pixels: a few KiB is plenty.
 JSON_MAX_BYTES = 64 * 1024
@@ -39,6 +40,9 @@ class _Fields(BaseModel):
 class EnrollFields(_Fields):
     user_id: str = Field(pattern=USER_ID_PATTERN, description="who is enrolled")
     liveness: bool = Field(True, description="score liveness (false only for back-office photos)")
+    channel: str | None = Field(
+        None, pattern=CHANNEL_PATTERN, description="capture channel: its liveness threshold decides"
+    )
 
 
 class EnrollJson(EnrollFields):
@@ -50,15 +54,28 @@ class EnrollJson(EnrollFields):
 class VerifyFields(_Fields):
     user_id: str = Field(pattern=USER_ID_PATTERN, description="the claimed identity")
     liveness: bool = True
+    channel: str | None = Field(
+        None, pattern=CHANNEL_PATTERN, description="capture channel: its liveness threshold decides"
+    )
+    liveness_session_id: UUID | None = Field(
+        None,
+        description="a passed liveness session of this key: its frame is the probe (send no"
+        " image), and the session is used up",
+    )
 
 
 class VerifyJson(VerifyFields):
-    image_key: ImageKey = Field(description="object key of the probe photo in the bucket")
+    image_key: ImageKey | None = Field(
+        None, description="object key of the probe photo in the bucket"
+    )
 
 
 class IdentifyFields(_Fields):
     top_k: int | None = Field(None, ge=1, le=100, description="candidates to return")
     liveness: bool = True
+    channel: str | None = Field(
+        None, pattern=CHANNEL_PATTERN, description="capture channel: its liveness threshold decides"
+    )
 
 
 class IdentifyJson(IdentifyFields):
@@ -67,6 +84,18 @@ class IdentifyJson(IdentifyFields):
 
 class QualityScanFields(_Fields):
     pass
+
+
+class LivenessCheckFields(_Fields):
+    nonce: str = Field(
+        min_length=16, max_length=128, description="the nonce returned when the session was made"
+    )
+
+
+class LivenessCheckJson(LivenessCheckFields):
+    image_keys: list[ImageKey] = Field(
+        min_length=1, max_length=32, description="object keys of the frames in the bucket"
+    )
 
 
 class QualityScanJson(QualityScanFields):
@@ -83,20 +112,29 @@ class BodySpec:
     file_field: str  # multipart field of the image file(s)
     key_field: str  # JSON field of the object key(s)
     many: bool  # a list of images (enrollment, quality scan) or one
+    # The image may be left out (a verification naming a liveness session instead).
+    optional: bool = False
 
     def image_bounds(self, settings: Settings) -> tuple[int, int]:
         if self.kind is JobKind.ENROLL:
             return settings.enroll_min_images, settings.enroll_max_images
         if self.kind is JobKind.QUALITY_SCAN:
             return 1, QUALITY_SCAN_MAX_IMAGES
-        return 1, 1
+        if self.kind is JobKind.LIVENESS_CHECK:
+            return 1, settings.liveness_session_max_frames
+        return (0 if self.optional else 1), 1
 
 
 ENROLL = BodySpec(JobKind.ENROLL, EnrollFields, EnrollJson, "images", "image_keys", True)
-VERIFY = BodySpec(JobKind.VERIFY, VerifyFields, VerifyJson, "image", "image_key", False)
+VERIFY = BodySpec(
+    JobKind.VERIFY, VerifyFields, VerifyJson, "image", "image_key", False, optional=True
+)
 IDENTIFY = BodySpec(JobKind.IDENTIFY, IdentifyFields, IdentifyJson, "image", "image_key", False)
 QUALITY_SCAN = BodySpec(
     JobKind.QUALITY_SCAN, QualityScanFields, QualityScanJson, "images", "image_keys", True
+)
+LIVENESS_CHECK = BodySpec(
+    JobKind.LIVENESS_CHECK, LivenessCheckFields, LivenessCheckJson, "frames", "image_keys", True
 )
 
 
@@ -159,7 +197,7 @@ async def _from_json(request: Request, spec: BodySpec, settings: Settings) -> Pa
     model = _validate(spec.json_model, document)
     everything = model.model_dump(mode="json")
     keys = everything.pop(spec.key_field)
-    images: list[bytes | str] = list(keys) if spec.many else [keys]
+    images: list[bytes | str] = list(keys) if spec.many else ([] if keys is None else [keys])
     low, high = spec.image_bounds(settings)
     _check_count(spec, len(images), low, high, field=spec.key_field)
     # The keys are part of what the request is: same fields, other keys = another request.

@@ -43,6 +43,7 @@ PROBLEM_TYPES: Mapping[ErrorCode, tuple[int, str]] = {
     ErrorCode.INSUFFICIENT_SCOPE: (403, "The API key lacks the scope this route needs"),
     ErrorCode.NOT_FOUND: (404, "Not found"),
     ErrorCode.UNKNOWN_USER: (404, "No such user"),
+    ErrorCode.SESSION_NOT_FOUND: (404, "No such liveness session"),
     ErrorCode.METHOD_NOT_ALLOWED: (405, "Method not allowed"),
     ErrorCode.REQUEST_TOO_LARGE: (413, "The request body is too large"),
     ErrorCode.IMAGE_TOO_LARGE: (413, "An uploaded image is too large"),
@@ -53,6 +54,7 @@ PROBLEM_TYPES: Mapping[ErrorCode, tuple[int, str]] = {
     ErrorCode.IDEMPOTENCY_KEY_REUSED: (422, "The idempotency key was used for another request"),
     ErrorCode.RATE_LIMITED: (429, "Too many requests for this API key"),
     ErrorCode.TOO_MANY_FAILED_VERIFICATIONS: (429, "Too many failed verifications of this user"),
+    ErrorCode.TOO_MANY_ATTEMPTS: (429, "The user is in a cool-down after failed attempts"),
     ErrorCode.INTERNAL: (500, "Internal error"),
     ErrorCode.DATABASE_UNAVAILABLE: (503, "The database is unavailable"),
     ErrorCode.BROKER_UNAVAILABLE: (503, "The message broker is unavailable"),
@@ -234,15 +236,17 @@ _DESCRIPTIONS = {
     400: "malformed multipart or JSON (malformed_request)",
     401: "no API key, or an unknown or revoked one (unauthenticated)",
     403: "the key lacks the route's scope (insufficient_scope)",
-    404: "no such job for this key, or no such user (not_found, unknown_user)",
+    404: "no such job for this key, no such user, or no liveness session of this key"
+    " (not_found, unknown_user, session_not_found)",
     413: "body over FACEAUTH_GATEWAY_MAX_REQUEST_BYTES (request_too_large) or an image over"
     " FACEAUTH_MAX_IMAGE_BYTES (image_too_large), refused while streaming",
     415: "not multipart/form-data or JSON, or a file that is not a JPEG/PNG/WebP/BMP image"
     " (unsupported_media_type)",
     422: "invalid or unknown fields (invalid_payload, too_few_images, too_many_images),"
     " Idempotency-Key reused with another body (idempotency_key_reused)",
-    429: "rate limit of the key (rate_limited) or failed verifications of the user"
-    " (too_many_failed_verifications); see Retry-After",
+    429: "rate limit of the key (rate_limited), failed verifications of the user"
+    " (too_many_failed_verifications) or the user's cool-down after failed liveness or"
+    " verification attempts (too_many_attempts); see Retry-After",
     503: "Postgres, Redis or S3 unavailable (database_unavailable, broker_unavailable,"
     " storage_unavailable); see Retry-After",
 }

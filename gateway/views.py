@@ -111,3 +111,40 @@ def user_out(state: UserEnrollmentState) -> dict[str, Any]:
             for e in state.enrollments
         ],
     ).model_dump(mode="json")
+
+
+class LivenessSessionOut(BaseModel):
+    """A liveness session's state: decisions and reason codes, never the nonce or scores."""
+
+    session_id: UUID
+    status: str = Field(description="open, passed, failed (attempts used up) or consumed")
+    expired: bool
+    user_id: str | None = None
+    channel: str | None = None
+    attempts: int
+    max_attempts: int
+    attempts_left: int
+    expires_at: datetime
+    created_at: datetime
+    decided_at: datetime | None = None
+    consumed_at: datetime | None = None
+    last_decision: str | None = Field(
+        None, description="live, spoof, faces_differ or quality_failed"
+    )
+    last_reasons: list[str] = Field(default_factory=list, description="reason codes")
+    last_job_id: UUID | None = None
+    consumed_by_job: UUID | None = Field(None, description="the verification it backed")
+    probe_image_key: str | None = Field(None, description="the frame a verification matches")
+
+
+class NewLivenessSessionOut(LivenessSessionOut):
+    """201: the session and its nonce, shown this once: send it with every frame."""
+
+    nonce: str
+
+
+def session_out(data: dict[str, Any], caller: Caller) -> dict[str, Any]:
+    out = LivenessSessionOut.model_validate(data).model_dump(mode="json")
+    if "nonce" in data:
+        out["nonce"] = data["nonce"]
+    return out if caller.is_admin else dict(strip_spoof_scores(out))

@@ -138,8 +138,8 @@ class Settings(BaseSettings):
     batch_max_size: int = Field(
         1,
         ge=1,
-        description="largest recognizer/liveness run across the jobs in flight in one worker"
-        " process (>1 with `--pool threads --concurrency N`; 1 = one job's faces per run)",
+        description="largest detector, recognizer or liveness run across the jobs in flight in"
+        " one worker process (>1 with `--pool threads --concurrency N`; 1 = one job per run)",
     )
     batch_max_wait_ms: float = Field(
         5.0, ge=0, description="longest a model call waits for other jobs' faces to fill a batch"
@@ -161,6 +161,36 @@ class Settings(BaseSettings):
     pose_gate_enabled: bool = Field(True, description="reject on head pose")
     max_abs_yaw_deg: float = Field(30.0, description="largest accepted |yaw|")
     max_abs_pitch_deg: float = Field(20.0, description="largest accepted |pitch|")
+    pose_source: Literal["auto", "landmark_3d", "face_mesh", "five_point"] = Field(
+        "auto",
+        description="head pose from: auto = the pack's 3D landmarks (1k3d68) when present, else"
+        " MediaPipe's face mesh when installed, else the 5 detector keypoints; or force one"
+        " (an unavailable source falls back to five_point)",
+    )
+    eyes_closed_gate_enabled: bool = Field(
+        True, description="reject closed eyes (needs 3D landmarks or the face mesh)"
+    )
+    # Open eyes on the shared photos read >= 0.19, eyes painted shut <= 0.15 (tests).
+    min_eye_aspect_ratio: float = Field(
+        0.16, description="lowest mean eye aspect ratio (lid gap / eye width, yaw-corrected)"
+    )
+    mask_gate_enabled: bool = Field(True, description="reject a covered mouth (face mask)")
+    # Skin shares on the shared photos: bare mouths >= 0.78, synthetic masks <= 0.06.
+    min_mouth_skin_fraction: float = Field(
+        0.4, description="lowest skin-coloured share of the mouth and chin region"
+    )
+    sunglasses_gate_enabled: bool = Field(True, description="reject both eyes covered (sunglasses)")
+    # Better-visible eye on the shared photos >= 0.53, synthetic dark lenses <= 0.27.
+    min_eye_skin_fraction: float = Field(
+        0.4, description="lowest skin-coloured share around the better-visible eye"
+    )
+    occlusion_gate_enabled: bool = Field(
+        True, description="reject one eye, the nose or the mouth covered by something"
+    )
+    # Lowest region on the shared photos 0.27 (an over-exposed tablet replay), covered <= 0.05.
+    min_region_skin_fraction: float = Field(
+        0.2, description="lowest skin-coloured share of any one eye, nose or mouth region"
+    )
 
     # --- enrollment ---------------------------------------------------------------------------
     enroll_min_images: int = Field(1, description="fewest images in one enrollment")
@@ -182,6 +212,38 @@ class Settings(BaseSettings):
     # 0.6 sits between the highest live web photo (0.50) and the printed poster (0.71) of
     # the MiniFASNet pair on the sample set; recalibrate on your own capture channel.
     liveness_threshold: float = Field(0.6, description="spoof score above which a face is refused")
+
+    # --- liveness sessions and attempt limits -------------------------------------------------
+    # 5 minutes: room to capture a few frames and verify, short enough that a passed session
+    # is still a fresh presence proof (AWS Face Liveness sessions last 3 minutes).
+    liveness_session_ttl_s: float = Field(
+        300.0,
+        gt=0,
+        description="a liveness session's lifetime; a client may ask for a shorter one",
+    )
+    liveness_session_max_attempts: int = Field(
+        3,
+        ge=1,
+        description="decided frame submissions one liveness session takes before it fails;"
+        " a client may ask for fewer",
+    )
+    liveness_session_max_frames: int = Field(
+        8, ge=1, le=32, description="most frames in one submission to a liveness session"
+    )
+    # NIST SP 800-63B (5.2.3) caps consecutive failed biometric attempts at 5 (10 with PAD);
+    # 15 minutes matches FACEAUTH_GATEWAY_VERIFY_FAILURES_LIMIT.
+    attempt_max_failures: int = Field(
+        5,
+        ge=1,
+        description="consecutive failed liveness or verification decisions of a user that"
+        " start a cool-down",
+    )
+    attempt_cooldown_s: float = Field(
+        900.0,
+        gt=0,
+        description="how long a user's verifications and liveness checks are refused"
+        " (too_many_attempts) after FACEAUTH_ATTEMPT_MAX_FAILURES failures",
+    )
 
     # --- decisions (defaults until a calibration is activated) -------------------------------
     verify_t_low: float = Field(0.28, description="reject below this cosine similarity")

@@ -30,6 +30,18 @@ class ErrorCode(StrEnum):
     UNKNOWN_USER = "unknown_user"
     NO_TEMPLATES_FOR_MODEL = "no_templates_for_model"
     MODEL_VERSION_MISMATCH = "model_version_mismatch"
+    # liveness sessions and attempt limits
+    SESSION_NOT_FOUND = "session_not_found"  # no such session, or the nonce does not match
+    SESSION_EXPIRED = "session_expired"
+    SESSION_USED = "session_used"  # already passed (or consumed): it takes no more frames
+    SESSION_ATTEMPTS_EXHAUSTED = "session_attempts_exhausted"
+    SESSION_FACES_DIFFER = "session_faces_differ"  # reason: the frames show two people
+    SESSION_NOT_PASSED = "session_not_passed"  # a verification named an undecided session
+    SESSION_USER_MISMATCH = "session_user_mismatch"  # the session is another user's
+    # Transient: the session changed between the job reading it and committing (another
+    # attempt or verification got there first); the retry reports what happened to it.
+    SESSION_RACE = "session_race"
+    TOO_MANY_ATTEMPTS = "too_many_attempts"  # the user is in a cool-down (retry_after)
     # administration
     USER_DELETED = "user_deleted"  # the job's user was erased before the job ran
     # calibration

@@ -12,6 +12,8 @@ at once and an idempotency key is honoured even if the broker is slow.
 from __future__ import annotations
 
 import logging
+import math
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,6 +26,8 @@ from celery import Celery
 from shared.celery_config import celery_config
 from shared.config import Settings, get_settings
 from shared.db import jobs as job_repo
+from shared.db import liveness_sessions as session_repo
+from shared.db.liveness_sessions import LivenessSession
 from shared.db.pool import get_pool
 from shared.delivery import celery_publisher
 from shared.errors import ErrorCode, FaceauthError
@@ -32,6 +36,7 @@ from shared.schemas import (
     JobKind,
     JobStatus,
     JobView,
+    LivenessSessionCreate,
 )
 from shared.storage import ImageStore, user_image_prefix
 
@@ -82,6 +87,17 @@ class Origin:
 
 
 NO_ORIGIN = Origin()
+
+
+@dataclass(frozen=True)
+class NewLivenessSession:
+    """A created liveness session and its nonce, which is shown here once and never again."""
+
+    session: LivenessSession
+    nonce: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.session.public(), "nonce": self.nonce}
 
 
 class FaceauthClient:
@@ -225,13 +241,16 @@ class FaceauthClient:
         *,
         idempotency_key: str | None = None,
         liveness: bool = True,
+        channel: str | None = None,
         origin: Origin = NO_ORIGIN,
     ) -> UUID:
         return self._submit_images(
             JobKind.ENROLL,
             images,
             user_image_prefix(user_id),
-            lambda keys: {"user_id": user_id, "image_keys": keys, "liveness": liveness},
+            lambda keys: (
+                {"user_id": user_id, "image_keys": keys, "liveness": liveness} | _channel(channel)
+            ),
             idempotency_key,
             origin,
         )
@@ -239,17 +258,104 @@ class FaceauthClient:
     def submit_verification(
         self,
         user_id: str,
-        image: ImageInput,
+        image: ImageInput | None = None,
         *,
         idempotency_key: str | None = None,
         liveness: bool = True,
+        liveness_session_id: UUID | None = None,
+        channel: str | None = None,
         origin: Origin = NO_ORIGIN,
     ) -> UUID:
+        """Verify ``image`` against ``user_id``; with a passed ``liveness_session_id`` the
+        image may be omitted: the session's recorded frame is the probe."""
+
+        def payload(keys: list[str]) -> dict[str, Any]:
+            out: dict[str, Any] = {"user_id": user_id, "liveness": liveness}
+            out |= _channel(channel)
+            if keys:
+                out["image_key"] = keys[0]
+            if liveness_session_id is not None:
+                out["liveness_session_id"] = str(liveness_session_id)
+            return out
+
         return self._submit_images(
             JobKind.VERIFY,
-            [image],
+            [] if image is None else [image],
             self._probe_prefix(),
-            lambda keys: {"user_id": user_id, "image_key": keys[0], "liveness": liveness},
+            payload,
+            idempotency_key,
+            origin,
+        )
+
+    # --- liveness sessions ----------------------------------------------------------------
+    def create_liveness_session(
+        self,
+        *,
+        user_id: str | None = None,
+        channel: str | None = None,
+        ttl_s: float | None = None,
+        max_attempts: int | None = None,
+        origin: Origin = NO_ORIGIN,
+    ) -> NewLivenessSession:
+        """Create a session (a row in Postgres, synchronously: no job). ``ttl_s`` and
+        ``max_attempts`` may only tighten the configured ones."""
+        spec = LivenessSessionCreate(
+            user_id=user_id, channel=channel, ttl_s=ttl_s, max_attempts=max_attempts
+        )
+        nonce = secrets.token_urlsafe(32)  # 256 bits
+        with get_pool(self.settings).connection() as conn:
+            session = session_repo.create_session(
+                conn,
+                session_id=uuid4(),
+                nonce=nonce,
+                user_id=spec.user_id,
+                channel=spec.channel,
+                ttl_s=min(spec.ttl_s or math.inf, self.settings.liveness_session_ttl_s),
+                max_attempts=min(
+                    spec.max_attempts or self.settings.liveness_session_max_attempts,
+                    self.settings.liveness_session_max_attempts,
+                ),
+                api_key_id=origin.api_key_id,
+            )
+        return NewLivenessSession(session, nonce)
+
+    def get_liveness_session(self, session_id: UUID) -> LivenessSession | None:
+        with get_pool(self.settings).connection() as conn:
+            return session_repo.get_session(conn, session_id)
+
+    def submit_liveness_check(
+        self,
+        session_id: UUID,
+        nonce: str,
+        frames: Sequence[ImageInput],
+        *,
+        idempotency_key: str | None = None,
+        origin: Origin = NO_ORIGIN,
+    ) -> UUID:
+        """Submit 1..FACEAUTH_LIVENESS_SESSION_MAX_FRAMES frames to a session.
+
+        The session is read first: an unknown one is refused before anything is uploaded
+        (``session_not_found``), and the job carries the session's user, so the frames
+        are stored under the user's prefix and erased with the user.
+        """
+        session = self.get_liveness_session(session_id)
+        if session is None:
+            raise FaceauthError(ErrorCode.SESSION_NOT_FOUND, "no such liveness session")
+        prefix = (
+            user_image_prefix(session.user_id) + "liveness"
+            if session.user_id is not None
+            else "liveness/" + datetime.now(UTC).strftime("%Y/%m/%d")
+        )
+        return self._submit_images(
+            JobKind.LIVENESS_CHECK,
+            frames,
+            prefix,
+            lambda keys: {
+                "session_id": str(session_id),
+                "nonce": nonce,
+                "image_keys": keys,
+                "user_id": session.user_id,
+            },
             idempotency_key,
             origin,
         )
@@ -261,6 +367,7 @@ class FaceauthClient:
         top_k: int | None = None,
         idempotency_key: str | None = None,
         liveness: bool = True,
+        channel: str | None = None,
         origin: Origin = NO_ORIGIN,
     ) -> UUID:
         return self._submit_images(
@@ -270,6 +377,7 @@ class FaceauthClient:
             lambda keys: (
                 {"image_key": keys[0], "liveness": liveness}
                 | ({} if top_k is None else {"top_k": top_k})
+                | _channel(channel)
             ),
             idempotency_key,
             origin,
@@ -345,3 +453,8 @@ def _same_request(job: JobView, origin: Origin) -> JobView:
     if origin.fingerprint is not None and job.request_fingerprint != origin.fingerprint:
         raise IdempotencyKeyReused(job.job_id)
     return job
+
+
+def _channel(channel: str | None) -> dict[str, str]:
+    """The ``channel`` field only when one is named: payloads without it stay as they were."""
+    return {} if channel is None else {"channel": channel}

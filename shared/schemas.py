@@ -13,10 +13,13 @@ from enum import StrEnum
 from typing import Annotated, Any
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
 IMAGE_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/@=+-]{0,511}$"
+# A capture channel (mobile, web, kiosk...): the same rule as the CHECK of the
+# liveness_calibrations table (0006_liveness_calibrations.sql).
+CHANNEL_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
 
 
 def _no_dot_segments(key: str) -> str:
@@ -40,6 +43,7 @@ class JobKind(StrEnum):
     REEMBED = "reembed"
     APPLY_RETENTION = "apply_retention"
     CALIBRATE = "calibrate"
+    LIVENESS_CHECK = "liveness_check"
 
 
 class JobStatus(StrEnum):
@@ -79,6 +83,12 @@ class EnrollRequest(JobRequest):
     user_id: str = Field(pattern=USER_ID_PATTERN)
     image_keys: list[ImageKey] = Field(min_length=0, max_length=32)
     liveness: bool = Field(True, description="False only for back-office backfills")
+    channel: str | None = Field(
+        None,
+        pattern=CHANNEL_PATTERN,
+        description="capture channel (mobile, web, kiosk...): its active liveness calibration"
+        " sets the spoof threshold; default FACEAUTH_LIVENESS_THRESHOLD",
+    )
 
     def image_refs(self) -> list[str]:
         return list(self.image_keys)
@@ -89,11 +99,30 @@ class EnrollRequest(JobRequest):
 
 class VerifyRequest(JobRequest):
     user_id: str = Field(pattern=USER_ID_PATTERN)
-    image_key: ImageKey
+    image_key: ImageKey | None = Field(
+        None, description="the probe; may be omitted with liveness_session_id"
+    )
     liveness: bool = True
+    channel: str | None = Field(
+        None,
+        pattern=CHANNEL_PATTERN,
+        description="capture channel (mobile, web, kiosk...): its active liveness calibration"
+        " sets the spoof threshold; default FACEAUTH_LIVENESS_THRESHOLD",
+    )
+    liveness_session_id: UUID | None = Field(
+        None,
+        description="a passed liveness session: its recorded frame is the probe (liveness is"
+        " not scored again) and the session is used up",
+    )
+
+    @model_validator(mode="after")
+    def _names_a_probe(self) -> VerifyRequest:
+        if self.image_key is None and self.liveness_session_id is None:
+            raise ValueError("image_key or liveness_session_id is required")
+        return self
 
     def image_refs(self) -> list[str]:
-        return [self.image_key]
+        return [self.image_key] if self.image_key is not None else []
 
     def subject_user(self) -> str | None:
         return self.user_id
@@ -103,6 +132,12 @@ class IdentifyRequest(JobRequest):
     image_key: ImageKey
     top_k: int | None = Field(None, ge=1, le=100, description="default: FACEAUTH_IDENTIFY_TOP_K")
     liveness: bool = True
+    channel: str | None = Field(
+        None,
+        pattern=CHANNEL_PATTERN,
+        description="capture channel (mobile, web, kiosk...): its active liveness calibration"
+        " sets the spoof threshold; default FACEAUTH_LIVENESS_THRESHOLD",
+    )
 
     def image_refs(self) -> list[str]:
         return [self.image_key]
@@ -151,6 +186,49 @@ class CalibrateRequest(JobRequest):
     activate: bool = Field(False, description="make the result the active thresholds")
 
 
+class LivenessCheckRequest(JobRequest):
+    """Frames submitted to a liveness session (workers/pipeline/liveness_session.py)."""
+
+    session_id: UUID
+    nonce: str = Field(min_length=16, max_length=128, description="returned at creation")
+    image_keys: list[ImageKey] = Field(
+        min_length=0, max_length=32, description="1..FACEAUTH_LIVENESS_SESSION_MAX_FRAMES"
+    )
+    user_id: str | None = Field(
+        None,
+        pattern=USER_ID_PATTERN,
+        description="the session's user, which it must equal (the producer client fills it"
+        " in): the job is then the user's, for erasure and cool-downs",
+    )
+
+    def image_refs(self) -> list[str]:
+        return list(self.image_keys)
+
+    def subject_user(self) -> str | None:
+        return self.user_id
+
+
+class LivenessSessionCreate(BaseModel):
+    """What a client may choose when it creates a liveness session."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    user_id: str | None = Field(
+        None, pattern=USER_ID_PATTERN, description="the user the session is for (recommended)"
+    )
+    channel: str | None = Field(
+        None,
+        pattern=CHANNEL_PATTERN,
+        description="capture channel (mobile, web, kiosk...): its liveness threshold decides",
+    )
+    ttl_s: float | None = Field(
+        None, gt=0, description="shorter lifetime than FACEAUTH_LIVENESS_SESSION_TTL_S"
+    )
+    max_attempts: int | None = Field(
+        None, ge=1, description="fewer attempts than FACEAUTH_LIVENESS_SESSION_MAX_ATTEMPTS"
+    )
+
+
 class QueueRole(StrEnum):
     """Which queue a job kind runs on (the names come from FACEAUTH_QUEUE_*)."""
 
@@ -196,6 +274,8 @@ JOBS: Mapping[JobKind, JobSpec] = {
                 "delete old source images of users who opted out of re-embedding"),
         JobSpec(JobKind.CALIBRATE, CalibrateRequest, QueueRole.IO,
                 "decision thresholds from the enrolled templates of one model version"),
+        JobSpec(JobKind.LIVENESS_CHECK, LivenessCheckRequest, QueueRole.INFERENCE,
+                "1-N frames of a liveness session: same face, median spoof score decides"),
     )
 }  # fmt: skip
 if set(JOBS) != set(JobKind):  # a kind without a spec would have no route and no task

@@ -67,6 +67,9 @@ def test_openapi_errors_are_problem_details() -> None:
         "/v1/quality-scans",
         "/v1/jobs/{job_id}",
         "/v1/users/{user_id}",
+        "/v1/liveness/sessions",
+        "/v1/liveness/sessions/{session_id}",
+        "/v1/liveness/sessions/{session_id}/frames",
     }
     for path, operations in doc["paths"].items():
         for method, operation in operations.items():
@@ -160,6 +163,13 @@ def test_fingerprint_covers_kind_fields_and_image_hashes() -> None:
     )
     assert base != fingerprint.request_fingerprint(
         JobKind.IDENTIFY, {"user_id": "a", "liveness": True}, ["h"]
+    )
+    # An optional field left unset (e.g. one a later release added) is the same request.
+    assert base == fingerprint.request_fingerprint(
+        JobKind.VERIFY, {"user_id": "a", "liveness": True, "channel": None}, ["h"]
+    )
+    assert base != fingerprint.request_fingerprint(
+        JobKind.VERIFY, {"user_id": "a", "liveness": True, "channel": "web"}, ["h"]
     )
     assert fingerprint.scoped_idempotency_key("k1", "x") != fingerprint.scoped_idempotency_key(
         "k2", "x"

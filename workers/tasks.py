@@ -21,6 +21,7 @@ from workers.pipeline.deletion import delete_user
 from workers.pipeline.enrollment import enroll
 from workers.pipeline.identification import identify
 from workers.pipeline.inspection import inspect
+from workers.pipeline.liveness_session import liveness_check
 from workers.pipeline.quality_scan import quality_scan_job
 from workers.pipeline.reembed import reembed
 from workers.pipeline.retention import apply_retention
@@ -39,6 +40,7 @@ HANDLERS: Mapping[JobKind, Handler] = {
     JobKind.DELETE_USER: delete_user,
     JobKind.APPLY_RETENTION: apply_retention,
     JobKind.CALIBRATE: calibrate_job,
+    JobKind.LIVENESS_CHECK: liveness_check,
 }
 if set(HANDLERS) != set(JOBS):
     raise RuntimeError(f"job kinds without a handler: {set(JOBS) - set(HANDLERS)}")

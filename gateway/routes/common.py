@@ -4,6 +4,7 @@ through the producer, and answering 202 / 200 with the job."""
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Annotated, Any
 from uuid import UUID
@@ -18,7 +19,9 @@ from gateway.problems import Problem
 from gateway.state import GatewayState, gateway_state
 from gateway.views import JobAccepted, JobOut, accepted, job_out
 from gateway.waiting import wait_for_outcome
+from shared.db import attempts as attempt_repo
 from shared.db import jobs as job_repo
+from shared.db.liveness_sessions import LivenessSession
 from shared.db.pool import get_pool
 from shared.errors import ErrorCode
 from shared.producer import Origin
@@ -88,6 +91,36 @@ def visible(job: JobView | None, caller: Caller) -> JobView:
     if job is None or not (caller.is_admin or job.api_key_id == caller.key_id):
         raise Problem(ErrorCode.NOT_FOUND, "no such job for this API key")
     return job
+
+
+async def visible_session(state: GatewayState, caller: Caller, session_id: UUID) -> LivenessSession:
+    """A liveness session ``caller`` created (any with admin); else 404 session_not_found,
+    the same answer whether it does not exist or is another key's."""
+    session = await run_in_threadpool(state.client.get_liveness_session, session_id)
+    if session is None or not (caller.is_admin or session.api_key_id == caller.key_id):
+        raise Problem(ErrorCode.SESSION_NOT_FOUND, "no such liveness session for this API key")
+    return session
+
+
+def _cooldown_left(state: GatewayState, user_id: str) -> float | None:
+    with get_pool(state.settings).connection() as conn:
+        return attempt_repo.cooldown_remaining(conn, user_id)
+
+
+async def refuse_during_cooldown(state: GatewayState, user_id: str) -> None:
+    """429 too_many_attempts while the user is in a cool-down (workers/pipeline/attempts.py).
+
+    The worker refuses such a job anyway; answering here spares the upload and the job."""
+    left = await run_in_threadpool(_cooldown_left, state, user_id)
+    if left is None:
+        return
+    retry_after = max(1, math.ceil(left))
+    raise Problem(
+        ErrorCode.TOO_MANY_ATTEMPTS,
+        f"too many failed attempts for this user; try again in {retry_after} s",
+        headers={"Retry-After": str(retry_after)},
+        retry_after=retry_after,
+    )
 
 
 async def read_or_wait(

@@ -8,6 +8,7 @@ answers 202, or 200 with the outcome when ``?wait`` saw the job finish.
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
@@ -15,16 +16,19 @@ from fastapi.responses import JSONResponse
 from gateway import bodies
 from gateway.auth import Caller, require
 from gateway.bodies import BodySpec
-from gateway.problems import problem_responses
+from gateway.problems import Problem, problem_responses
 from gateway.routes.common import (
     SUBMISSION_RESPONSES,
     IdempotencyKeyHeader,
     WaitParam,
     answer_with_job,
+    refuse_during_cooldown,
     submit,
+    visible_session,
 )
 from gateway.state import gateway_state
 from shared.db.api_keys import Scope
+from shared.errors import ErrorCode
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
@@ -39,7 +43,8 @@ def request_body(spec: BodySpec) -> dict[str, Any]:
         **form.get("properties", {}),
         spec.file_field: {"type": "array", "items": file_schema} if spec.many else file_schema,
     }
-    form["required"] = [*form.get("required", []), spec.file_field]
+    if not spec.optional:
+        form["required"] = [*form.get("required", []), spec.file_field]
     form["title"] = f"{spec.json_model.__name__.removesuffix('Json')}Form"
     return {
         "requestBody": {
@@ -52,11 +57,11 @@ def request_body(spec: BodySpec) -> dict[str, Any]:
     }
 
 
-def _route(spec: BodySpec, summary: str) -> dict[str, Any]:
+def _route(spec: BodySpec, summary: str, *extra_errors: int) -> dict[str, Any]:
     return {
         "status_code": 202,
         "response_model": None,
-        "responses": {**SUBMISSION_RESPONSES, **ERRORS},
+        "responses": {**SUBMISSION_RESPONSES, **ERRORS, **problem_responses(*extra_errors)},
         "openapi_extra": request_body(spec),
         "summary": summary,
     }
@@ -84,13 +89,14 @@ async def create_enrollment(
             body.images,
             idempotency_key=key,
             liveness=fields["liveness"],
+            channel=fields["channel"],
             origin=origin,
         ),
     )
     return await answer_with_job(request, caller, job_id, wait)
 
 
-@router.post("/verifications", **_route(bodies.VERIFY, "Verify a probe against a user (1:1)"))
+@router.post("/verifications", **_route(bodies.VERIFY, "Verify a probe against a user (1:1)", 404))
 async def create_verification(
     request: Request,
     wait: WaitParam = None,
@@ -98,11 +104,23 @@ async def create_verification(
     caller: Caller = Depends(require(Scope.VERIFY, submits=True)),
 ) -> JSONResponse:
     """Multipart: `user_id`, `image`, optional `liveness`; or JSON with `image_key`.
-    Scope: verify. Refused with 429 after too many failed verifications of the user."""
+    With `liveness_session_id` (a passed liveness session of this key) send no image: the
+    session's frame is the probe. Scope: verify. Refused with 429 after too many failed
+    verifications of the user, and during the user's cool-down (too_many_attempts)."""
     state = gateway_state(request)
     body = await bodies.read_body(request, bodies.VERIFY, state.settings)
     fields = body.fields
+    session_id = fields.get("liveness_session_id")
+    if session_id is None and not body.images:
+        raise Problem(
+            ErrorCode.INVALID_PAYLOAD,
+            "send an image (image_key) or a liveness_session_id",
+            errors=[{"field": "image", "message": "an image is needed", "type": "missing"}],
+        )
+    if session_id is not None:
+        await visible_session(state, caller, UUID(session_id))
     await state.failures.check(fields["user_id"])
+    await refuse_during_cooldown(state, fields["user_id"])
     job_id = await submit(
         state,
         caller,
@@ -110,9 +128,11 @@ async def create_verification(
         idempotency_key,
         lambda origin, key: state.client.submit_verification(
             fields["user_id"],
-            body.images[0],
+            body.images[0] if body.images else None,
             idempotency_key=key,
             liveness=fields["liveness"],
+            channel=fields["channel"],
+            liveness_session_id=None if session_id is None else UUID(session_id),
             origin=origin,
         ),
     )
@@ -141,6 +161,7 @@ async def create_identification(
             top_k=fields["top_k"],
             idempotency_key=key,
             liveness=fields["liveness"],
+            channel=fields["channel"],
             origin=origin,
         ),
     )

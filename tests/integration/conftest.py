@@ -27,6 +27,9 @@ DELIVERY_ENV = {
     "FACEAUTH_WEBHOOK_ALLOW_PRIVATE_NETWORKS": "true",
     "FACEAUTH_WEBHOOK_BACKOFF_MAX_S": "1",
     "FACEAUTH_WEBHOOK_TIMEOUT_S": "3",
+    # A user's cool-down after FACEAUTH_ATTEMPT_MAX_FAILURES (5) failed decisions ends
+    # within a test, not after 15 minutes.
+    "FACEAUTH_ATTEMPT_COOLDOWN_S": "3",
 }
 
 

@@ -215,3 +215,51 @@ def test_retention_removes_old_images_of_opted_out_users_only(
     probe = photos(faces, "alex_lacamoire")[2].read_bytes()
     job = live.client.wait(live.client.submit_verification(opted, probe, liveness=False), 120)
     assert job.status == "succeeded"
+
+
+def test_delete_user_removes_liveness_sessions_their_frames_and_attempt_counter(
+    live: LiveStack, faces: Path
+) -> None:
+    user = f"erase-live-{uuid4().hex[:6]}"
+    files = photos(faces, "obama")
+    enroll(live, user, [files[0].read_bytes()])
+    frames = [p.read_bytes() for p in files[1:]]
+    # A session of the user (frames under the user's prefix), and an anonymous session
+    # whose frame a verification of the user used (frames under liveness/).
+    own = live.client.create_liveness_session(user_id=user)
+    anonymous = live.client.create_liveness_session()
+    for session in (own, anonymous):
+        job = live.client.wait(
+            live.client.submit_liveness_check(session.session.session_id, session.nonce, frames),
+            timeout=120,
+        )
+        assert job.result is not None and job.result["decision"] == "live", job.result
+    used = live.client.wait(
+        live.client.submit_verification(user, liveness_session_id=anonymous.session.session_id),
+        timeout=120,
+    )
+    assert used.result is not None and used.result["decision"] == "accept"
+    # One failed decision: the user has an attempt counter.
+    reject = live.client.wait(
+        live.client.submit_verification(user, photos(faces, "biden")[0].read_bytes()), timeout=120
+    )
+    assert reject.result is not None and reject.result["decision"] == "reject"
+    frame_keys = {
+        str(k)
+        for (k,) in live.sql(
+            "SELECT jsonb_array_elements_text(frame_keys) FROM liveness_sessions"
+            " WHERE session_id = ANY(%s)",
+            [own.session.session_id, anonymous.session.session_id],
+        )
+    }
+    assert len(frame_keys) == 2 * len(frames)
+    assert any(k.startswith("liveness/") for k in frame_keys)
+    assert count(live, "SELECT count(*) FROM attempt_counters WHERE user_id = %s", user) == 1
+
+    job = live.client.wait(live.client.submit_user_deletion(user), timeout=120)
+    assert job.status == "succeeded" and job.result is not None, job.error
+    assert job.result["liveness_sessions_deleted"] == 2
+    assert job.result["attempt_counters_deleted"] == 1
+    assert count(live, "SELECT count(*) FROM liveness_sessions WHERE user_id = %s", user) == 0
+    assert count(live, "SELECT count(*) FROM attempt_counters WHERE user_id = %s", user) == 0
+    assert [k for k in frame_keys if live.client.store.exists(k)] == []

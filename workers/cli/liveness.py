@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shared.config import get_settings
+from workers.cli.liveness_eval import register as register_evaluation
 
 if TYPE_CHECKING:
     from workers.inference.face_pack import FacePack
@@ -37,6 +38,10 @@ app = typer.Typer(help="Liveness (presentation-attack) scoring.", no_args_is_hel
 def _liveness_group() -> None:
     """Liveness (presentation-attack) scoring."""
     # A callback keeps ``score`` a sub-command even while it is the only one.
+
+
+# evaluate, calibrations, activate: ISO/IEC 30107-3 evaluation and per-channel thresholds.
+register_evaluation(app)
 
 
 def score_image(

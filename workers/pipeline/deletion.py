@@ -1,4 +1,5 @@
-"""Right to erasure: remove a user's templates, source images and pending jobs.
+"""Right to erasure: remove a user's templates, source images and pending jobs, their
+liveness sessions (and the frames they hold) and their attempt counter.
 
 Order matters for crash safety. The S3 objects go first, then the rows, in the
 job's commit transaction. A crash in between leaves rows whose images are gone;
@@ -23,8 +24,10 @@ from typing import Any
 
 import psycopg
 
+from shared.db import attempts as attempt_repo
 from shared.db import enrollments as enrollment_repo
 from shared.db import jobs as job_repo
+from shared.db import liveness_sessions as session_repo
 from shared.db import templates as template_repo
 from shared.db import users as user_repo
 from shared.db.audit import append_audit
@@ -43,6 +46,9 @@ def candidate_keys(conn: psycopg.Connection, store: ImageStore, user_id: str) ->
     # Probe photos of the user's verifications and the images of their enrollment jobs
     # (including failed ones that never produced a template).
     keys.update(job_repo.image_refs_of_user(conn, user_id))
+    # Frames of the user's liveness sessions, anonymous ones a verification of theirs used
+    # included (the session took the user's id then).
+    keys.update(session_repo.frame_keys_of_user(conn, user_id))
     return keys
 
 
@@ -112,6 +118,8 @@ def delete_user(request: DeleteUserRequest, ctx: JobContext) -> Outcome:
             )
         enrollments_deleted = enrollment_repo.delete_user_enrollments(conn, user_id)
         user_existed = user_repo.delete_user(conn, user_id)
+        sessions_deleted = session_repo.delete_user_sessions(conn, user_id)
+        counters_deleted = attempt_repo.delete_user_counter(conn, user_id)
         result.update(
             {
                 "user_existed": user_existed,
@@ -119,6 +127,8 @@ def delete_user(request: DeleteUserRequest, ctx: JobContext) -> Outcome:
                 "active_templates_deleted": sum(1 for _, active in templates if active),
                 "enrollments_deleted": enrollments_deleted,
                 "jobs_cancelled": len(cancelled),
+                "liveness_sessions_deleted": sessions_deleted,
+                "attempt_counters_deleted": counters_deleted,
             }
         )
         append_audit(

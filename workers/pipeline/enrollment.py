@@ -122,7 +122,11 @@ def enroll(request: EnrollRequest, ctx: JobContext) -> Outcome:
 
     timer = StageTimer()
     reports, liveness = check_images(
-        ctx.runtime, list(request.image_keys), liveness=request.liveness, timer=timer
+        ctx.runtime,
+        list(request.image_keys),
+        liveness=request.liveness,
+        timer=timer,
+        channel=request.channel,
     )
     failure = gate_failure(reports, timer)
     if failure is not None:

@@ -17,7 +17,7 @@ from shared.db.audit import append_audit
 from shared.db.calibrations import active_thresholds
 from shared.schemas import IdentifyRequest
 from workers.job_runner import JobContext, Outcome
-from workers.pipeline.probe import StageTimer, check_images
+from workers.pipeline.probe import StageTimer, check_images, liveness_audit
 from workers.pipeline.verification import decide, probe_failure_decision
 
 
@@ -37,6 +37,7 @@ def identify(request: IdentifyRequest, ctx: JobContext) -> Outcome:
         liveness=request.liveness,
         timer=timer,
         pack=pack,
+        channel=request.channel,
         det_size=rt.settings.probe_det_size,
     )
     result: dict[str, Any] = {
@@ -105,6 +106,7 @@ def identify(request: IdentifyRequest, ctx: JobContext) -> Outcome:
                 "thresholds": thresholds.as_dict(),
                 "face_model_version": pack.model_version,
                 "search": "hnsw",
+                **liveness_audit(liveness),
                 "latency_ms": latency_ms,
             },
         )

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from shared.db.liveness_calibrations import LivenessThreshold, active_liveness_threshold
 from shared.errors import FaceauthError
 from shared.quality_codes import QualityReasonCode
 
@@ -79,12 +80,14 @@ def check_images(
     timer: StageTimer,
     pack: FacePack | None = None,
     det_size: int | None = None,
+    channel: str | None = None,
 ) -> tuple[list[ImageReport], dict[str, Any]]:
     """Run the per-image gates on every key; return reports and a liveness summary.
 
     ``pack`` defaults to the worker's current face pack; verification passes the pack of
     the model version the user's templates were made with. ``det_size`` overrides the
-    detector input side (probes: FACEAUTH_PROBE_DET_SIZE).
+    detector input side (probes: FACEAUTH_PROBE_DET_SIZE). ``channel`` names the capture
+    channel: its active liveness calibration, if any, sets the spoof threshold.
     """
     from workers.inference.quality import QualityGate, assess_image
 
@@ -116,12 +119,17 @@ def check_images(
         report.passed = assessment.passed
         if len(faces) == 1:
             report.pixels, report.face = image.pixels, faces[0]
-    summary = _score_liveness(rt, reports, enabled=liveness, timer=timer)
+    summary = _score_liveness(rt, reports, enabled=liveness, timer=timer, channel=channel)
     return reports, summary
 
 
 def _score_liveness(
-    rt: WorkerRuntime, reports: list[ImageReport], *, enabled: bool, timer: StageTimer
+    rt: WorkerRuntime,
+    reports: list[ImageReport],
+    *,
+    enabled: bool,
+    timer: StageTimer,
+    channel: str | None = None,
 ) -> dict[str, Any]:
     from workers.inference.quality import QualityReason
 
@@ -130,7 +138,8 @@ def _score_liveness(
     scorer = rt.liveness()
     if scorer is None:
         return {"checked": False, "reason": "no liveness model deployed"}
-    threshold = rt.settings.liveness_threshold
+    decided = _liveness_threshold(rt, channel, scorer.version)
+    threshold = decided.threshold
     todo = [r for r in reports if r.face is not None and r.pixels is not None]
     t = time.perf_counter()
     items = [(r.embed_input()[0], r.face_bbox()) for r in todo]
@@ -142,6 +151,7 @@ def _score_liveness(
             "threshold": threshold,
             "model_name": scorer.name,
             "model_version": scorer.version,
+            "calibration_id": decided.as_dict()["calibration_id"],
         }
         report.quality["spoof_score"] = report.liveness["spoof_score"]
         if score.spoof_score > threshold:
@@ -158,8 +168,31 @@ def _score_liveness(
         "checked": True,
         "model_name": scorer.name,
         "model_version": scorer.version,
-        "threshold": threshold,
+        **decided.as_dict(),
     }
 
 
-__all__ = ["ImageReport", "QualityReasonCode", "StageTimer", "check_images"]
+def liveness_audit(summary: dict[str, Any]) -> dict[str, Any]:
+    """Audit fields naming what decided liveness: the channel and its calibration, if any."""
+    return {
+        "liveness_channel": summary.get("channel"),
+        "liveness_threshold": summary.get("threshold"),
+        "liveness_calibration_id": summary.get("calibration_id"),
+        "liveness_threshold_source": summary.get("threshold_source"),
+    }
+
+
+def _liveness_threshold(
+    rt: WorkerRuntime, channel: str | None, model_version: str
+) -> LivenessThreshold:
+    """The channel's active liveness calibration for this model, else the configured default."""
+    default = rt.settings.liveness_threshold
+    if channel is None:  # no query: most jobs name no channel
+        return LivenessThreshold(default, None, None, "settings")
+    with rt.pool.connection() as conn:
+        return active_liveness_threshold(
+            conn, channel=channel, model_version=model_version, default=default
+        )
+
+
+__all__ = ["ImageReport", "QualityReasonCode", "StageTimer", "check_images", "liveness_audit"]

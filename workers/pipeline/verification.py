@@ -4,6 +4,12 @@ Two thresholds make three decisions: ``reject`` below T_low, ``accept`` at or
 above T_high, ``step_up`` (ask for another factor) in between. A probe that
 fails quality or liveness gets its own decision and reasons instead of a
 score. Every decision is appended to the audit log without the embedding.
+
+A verification may name a passed liveness session (``liveness_session_id``): its probe
+is then the session's recorded frame, the face that was proven live, and liveness is not
+scored again; the session is used up in the verification's own transaction, so it backs
+at most one. Reject and liveness_failed count toward the user's cool-down, accept resets
+it (workers/pipeline/attempts.py).
 """
 
 from __future__ import annotations
@@ -15,15 +21,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import psycopg
 
+from shared.db import liveness_sessions as session_repo
 from shared.db import templates as template_repo
 from shared.db.audit import append_audit
 from shared.db.calibrations import ActiveThresholds, active_thresholds
+from shared.db.liveness_sessions import LivenessSession, SessionStatus
 from shared.db.templates import StoredTemplate
-from shared.errors import ErrorCode, FaceauthError
+from shared.errors import ErrorCode, FaceauthError, TransientError
 from shared.quality_codes import QualityReasonCode
 from shared.schemas import VerifyRequest
 from workers.job_runner import JobContext, Outcome
-from workers.pipeline.probe import ImageReport, StageTimer, check_images
+from workers.pipeline.attempts import count_decision, refuse_during_cooldown
+from workers.pipeline.probe import ImageReport, StageTimer, check_images, liveness_audit
 
 if TYPE_CHECKING:
     from workers.inference.face_pack import FacePack
@@ -83,10 +92,52 @@ def choose_pack(
     )
 
 
+# Decisions about the person that count toward a cool-down (True) or reset it (False).
+_COUNTS: dict[Decision, bool] = {
+    Decision.REJECT: True,
+    Decision.LIVENESS_FAILED: True,
+    Decision.ACCEPT: False,
+}
+
+
+def session_probe(session: LivenessSession | None, request: VerifyRequest) -> str:
+    """The probe key of the passed session ``request`` names; raise why it may not back it."""
+    if session is None:
+        raise FaceauthError(ErrorCode.SESSION_NOT_FOUND, "no such liveness session")
+    if session.user_id is not None and session.user_id != request.user_id:
+        raise FaceauthError(
+            ErrorCode.SESSION_USER_MISMATCH, "the liveness session is another user's"
+        )
+    if session.status is SessionStatus.CONSUMED:
+        raise FaceauthError(
+            ErrorCode.SESSION_USED, "the liveness session already backed a verification"
+        )
+    if session.expired:
+        raise FaceauthError(ErrorCode.SESSION_EXPIRED, "the liveness session expired")
+    if session.status is not SessionStatus.PASSED or session.probe_image_key is None:
+        raise FaceauthError(
+            ErrorCode.SESSION_NOT_PASSED,
+            f"the liveness session is {session.status}, not passed",
+            session_status=str(session.status),
+        )
+    if request.image_key is not None and request.image_key != session.probe_image_key:
+        raise FaceauthError(
+            ErrorCode.INVALID_PAYLOAD,
+            "with liveness_session_id, image_key must be omitted (or be the session's frame)",
+        )
+    return session.probe_image_key
+
+
 def verify(request: VerifyRequest, ctx: JobContext) -> Outcome:
     started = time.perf_counter()
     rt = ctx.runtime
+    session: LivenessSession | None = None
+    probe_key = request.image_key
     with rt.pool.connection() as conn:
+        refuse_during_cooldown(conn, request.user_id)
+        if request.liveness_session_id is not None:
+            session = session_repo.get_session(conn, request.liveness_session_id)
+            probe_key = session_probe(session, request)
         if not template_repo.user_exists(conn, request.user_id):
             raise FaceauthError(
                 ErrorCode.UNKNOWN_USER,
@@ -108,14 +159,17 @@ def verify(request: VerifyRequest, ctx: JobContext) -> Outcome:
             default_high=rt.settings.verify_t_high,
         )
 
+    assert probe_key is not None  # the request names an image or a session
     timer = StageTimer()
     (report,), liveness = check_images(
         rt,
-        [request.image_key],
-        liveness=request.liveness,
+        [probe_key],
+        # The session's frame was proven live with the others of its submission.
+        liveness=request.liveness and session is None,
         timer=timer,
         pack=pack,
         det_size=rt.settings.probe_det_size,
+        channel=request.channel,
     )
     result: dict[str, Any] = {
         "user_id": request.user_id,
@@ -125,6 +179,12 @@ def verify(request: VerifyRequest, ctx: JobContext) -> Outcome:
         "liveness": liveness,
         "probe": report.to_dict(),
     }
+    if session is not None:
+        result["liveness"] = {
+            "checked": True,
+            "source": "liveness_session",
+            "liveness_session_id": str(session.session_id),
+        }
     decision = probe_failure_decision(report)
     if decision is None:
         t = time.perf_counter()
@@ -156,6 +216,25 @@ def verify(request: VerifyRequest, ctx: JobContext) -> Outcome:
     result["latency_ms"] = latency_ms
 
     def write(conn: psycopg.Connection) -> None:
+        if session is not None and (
+            session_repo.consume(
+                conn, session.session_id, job_id=ctx.job_id, user_id=request.user_id
+            )
+            is None
+        ):
+            # Another verification used it (or it expired) meanwhile: the retry reads the
+            # session again and fails with the code that says which.
+            raise TransientError(ErrorCode.SESSION_RACE, "the liveness session changed meanwhile")
+        cooldown = count_decision(
+            conn,
+            rt.settings,
+            user_id=request.user_id,
+            job_id=ctx.job_id,
+            failed=_COUNTS.get(decision),
+            what=f"verify:{decision}",
+        )
+        if cooldown is not None:
+            result["cooldown"] = {"started": True, "retry_after": cooldown["retry_after"]}
         append_audit(
             conn,
             event="verification",
@@ -171,6 +250,8 @@ def verify(request: VerifyRequest, ctx: JobContext) -> Outcome:
                 "face_model_version": pack.model_version,
                 "liveness_model_version": liveness.get("model_version"),
                 "spoof_score": (report.liveness or {}).get("spoof_score"),
+                **liveness_audit(liveness),
+                "liveness_session_id": str(session.session_id) if session else None,
                 "reasons": [r["code"] for r in report.reasons],
                 "latency_ms": latency_ms,
             },
