@@ -11,6 +11,7 @@ import csv
 import json
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -225,6 +226,18 @@ def test_epoch_log_and_best_checkpoint(run: tuple[TrainConfig, TrainResult]) -> 
     assert result.best_epoch == best["epoch"] == log[-1]["best_epoch"]
     assert result.checkpoint_path.is_file()
     assert not result.stopped_early
+
+
+def test_resuming_a_finished_run_trains_no_further(run: tuple[TrainConfig, TrainResult]) -> None:
+    config, result = run
+    state = config.out_dir / "checkpoints" / "last.pt"
+    assert state.is_file() and result.resumed_from == 0 and result.precision == "fp32"
+    before = json.loads(result.epoch_log_path.read_text())
+    again = train_liveness(replace(config, resume=True))
+    assert again.resumed_from == 2 and again.epochs_run == 2
+    assert again.best_epoch == result.best_epoch
+    assert json.loads(again.epoch_log_path.read_text()) == before
+    assert again.onnx_path.read_bytes() == result.onnx_path.read_bytes()
 
 
 def test_eda_report(run: tuple[TrainConfig, TrainResult]) -> None:
@@ -447,11 +460,19 @@ def test_cli_parses_options_and_refuses_missing_data(tmp_path: Path) -> None:
         "--seed",
         "--serving-face-pack",
         "--no-serving-face-pack",
+        "--celeba-spoof",
+        "--precision",
+        "--balance",
+        "--resume",
+        "--num-workers",
     ):
         assert option in helped.output, option
     refused = runner.invoke(app, ["liveness", "--out", str(tmp_path / "o")], env=wide)
     assert refused.exit_code != 0
     assert "data folder or a CSV manifest" in refused.output
+    for option, bad in (("--precision", "fp8"), ("--balance", "oversample")):
+        wrong = runner.invoke(app, ["liveness", str(tmp_path), option, bad], env=wide)
+        assert wrong.exit_code != 0 and option in wrong.output
     assert not (tmp_path / "o").exists()
 
 

@@ -16,7 +16,7 @@ import typer
 
 from shared.cli.plugins import mount_group
 from shared.config import get_settings
-from training.liveness.config import DetectorChoice, TrainConfig
+from training.liveness.config import Balance, DetectorChoice, Precision, TrainConfig
 
 # Top-level modules of the 'training' extra that ``train liveness`` imports.
 TRAINING_RUNTIME = ("torch", "timm", "mediapipe")
@@ -42,13 +42,24 @@ def _group() -> None:
 def liveness(
     data: Annotated[
         Path | None,
-        typer.Argument(help="folder with live/ and spoof/[<attack>/] (omit with --manifest)"),
+        typer.Argument(
+            help="folder with live/ and spoof/<species>/ or live/ beside one folder per "
+            "species (omit with --manifest); with --celeba-spoof: the dataset root"
+        ),
     ] = None,
     out: Annotated[Path, typer.Option("--out", help="output folder for the run")] = Path(
         "runs/liveness"
     ),
     manifest: Annotated[
-        Path | None, typer.Option(help="CSV: path,label[,attack_type][,subject_id]")
+        Path | None,
+        typer.Option(help="CSV: path,label[,attack_type][,subject_id][,split] (header: any order)"),
+    ] = None,
+    celeba_spoof: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--celeba-spoof",
+            help="CelebA-Spoof label file (metas/.../train_label.json or .txt); repeatable",
+        ),
     ] = None,
     epochs: Annotated[int, typer.Option(min=1)] = 30,
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
@@ -72,7 +83,20 @@ def liveness(
         None
     ),
     device: Annotated[str | None, typer.Option(help="torch device (default: cuda if any)")] = None,
-    num_workers: Annotated[int, typer.Option(min=0)] = 0,
+    num_workers: Annotated[
+        int | None,
+        typer.Option(min=0, help="data-loading processes (default: several on CUDA, 0 on CPU)"),
+    ] = None,
+    precision: Annotated[
+        str, typer.Option(help="auto (bf16, else fp16 on CUDA; fp32 on CPU), fp32, fp16, bf16")
+    ] = "auto",
+    balance: Annotated[
+        str,
+        typer.Option(help="class balancing: none, sampler (WeightedRandomSampler) or loss"),
+    ] = "none",
+    resume: Annotated[
+        bool, typer.Option(help="continue from OUT/checkpoints/last.pt when it exists")
+    ] = False,
     version: Annotated[str | None, typer.Option(help="model version (default: UTC run id)")] = (
         None
     ),
@@ -92,6 +116,17 @@ def liveness(
     if detector not in choices:
         raise typer.BadParameter("must be short, full or auto", param_hint="--detector")
     det = choices[detector]
+    precisions: dict[str, Precision] = {
+        "auto": "auto",
+        "fp32": "fp32",
+        "fp16": "fp16",
+        "bf16": "bf16",
+    }
+    if precision not in precisions:
+        raise typer.BadParameter("must be auto, fp32, fp16 or bf16", param_hint="--precision")
+    balances: dict[str, Balance] = {"none": "none", "sampler": "sampler", "loss": "loss"}
+    if balance not in balances:
+        raise typer.BadParameter("must be none, sampler or loss", param_hint="--balance")
     if no_serving_face_pack and serving_face_pack is not None:
         raise typer.BadParameter(
             "give --serving-face-pack or --no-serving-face-pack, not both",
@@ -103,6 +138,7 @@ def liveness(
             out_dir=out,
             data_dir=data,
             manifest=manifest,
+            celeba_spoof=tuple(celeba_spoof or ()),
             epochs=epochs,
             batch_size=batch_size,
             input_size=input_size,
@@ -120,6 +156,9 @@ def liveness(
             cache_dir=cache_dir,
             device=device,
             num_workers=num_workers,
+            precision=precisions[precision],
+            balance=balances[balance],
+            resume=resume,
             version=version,
             serving_face_pack=pack,
         )
@@ -138,6 +177,8 @@ def liveness(
         "epochs_run": result.epochs_run,
         "stopped_early": result.stopped_early,
         "device": result.device,
+        "precision": result.precision,
+        "resumed_from_epoch": result.resumed_from,
         "serving_face_pack": str(pack) if pack is not None else None,
         "metrics": result.metrics,
     }

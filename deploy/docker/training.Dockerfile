@@ -7,6 +7,9 @@
 #
 # No CUDA base image is needed: the PyPI torch wheels for Linux bundle their CUDA and cuDNN
 # runtime as nvidia-* wheels; only the driver comes from the host (NVIDIA container toolkit).
+# On a GPU: `docker run --gpus all --shm-size=8g ...`: on CUDA the job uses mixed precision and
+# several DataLoader worker processes, which hand batches over through /dev/shm (Docker's
+# default 64 MiB is too small). `--resume` continues from <out>/checkpoints/last.pt.
 # The build context is filtered by training.Dockerfile.dockerignore next to this file.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -63,6 +66,8 @@ import onnxruntime
 import timm
 import torch
 
+import training.gpu.prepare_bundle
+import training.gpu.train_on_gpu_host
 import training.liveness
 
 print("torch", torch.__version__, "cuda", torch.version.cuda, "timm", timm.__version__)

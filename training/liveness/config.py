@@ -10,6 +10,12 @@ from typing import Any, Literal
 # PAD capture) and "full" (full-range, small faces). "auto" tries short first and falls back
 # to full so that a far-away face is cropped rather than reported unusable.
 DetectorChoice = Literal["short", "full", "auto"]
+# Numeric precision of the forward/backward pass. "auto": bf16 on a CUDA device that supports
+# it, else fp16 with a gradient scaler; always fp32 on the CPU (autocast is CUDA-only here).
+Precision = Literal["auto", "fp32", "fp16", "bf16"]
+# Class balancing: none; "sampler" draws live and spoof equally often (WeightedRandomSampler);
+# "loss" weights the cross-entropy by inverse class frequency.
+Balance = Literal["none", "sampler", "loss"]
 
 
 @dataclass(frozen=True)
@@ -18,7 +24,10 @@ class TrainConfig:
 
     out_dir: Path
     data_dir: Path | None = None  # folder layout live/ + spoof/[attack]/
-    manifest: Path | None = None  # CSV path,label[,attack_type][,subject_id]; wins over data_dir
+    manifest: Path | None = None  # CSV path,label[,attack_type][,subject_id][,split]
+    # CelebA-Spoof label files (metas/*/*_label.json or .txt); win over manifest and data_dir,
+    # which is then the dataset root (default: the folder above metas/).
+    celeba_spoof: tuple[Path, ...] = ()
     epochs: int = 30
     batch_size: int = 32
     input_size: int = 260  # EfficientNet-B2's native resolution
@@ -41,14 +50,25 @@ class TrainConfig:
     serving_face_pack: Path | None = None
     cache_dir: Path | None = None  # default: <out_dir>/crop_cache
     device: str | None = None  # default: cuda when available, else cpu
-    num_workers: int = 0
+    num_workers: int | None = None  # DataLoader workers; None: several on CUDA, 0 on CPU
+    precision: Precision = "auto"
+    balance: Balance = "none"
+    # Continue from <out_dir>/checkpoints/last.pt when it exists (model, optimizer,
+    # scheduler, scaler, epoch, early-stopping state); a missing one starts afresh.
+    resume: bool = False
     model_name: str = "efficientnet-b2-liveness"
     version: str | None = None  # default: a UTC timestamp run id
     onnx_file: str = "liveness_efficientnet_b2.onnx"
 
     def __post_init__(self) -> None:
-        if self.data_dir is None and self.manifest is None:
-            raise ValueError("give a data folder or a CSV manifest")
+        if self.data_dir is None and self.manifest is None and not self.celeba_spoof:
+            raise ValueError("give a data folder or a CSV manifest (or CelebA-Spoof label files)")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ValueError("num_workers must be >= 0")
+        if self.precision not in ("auto", "fp32", "fp16", "bf16"):
+            raise ValueError("precision must be auto, fp32, fp16 or bf16")
+        if self.balance not in ("none", "sampler", "loss"):
+            raise ValueError("balance must be none, sampler or loss")
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
             raise ValueError("epochs, batch_size and patience must be >= 1")
         if self.input_size < 32:
@@ -89,3 +109,5 @@ class TrainResult:
     device: str
     metrics: dict[str, Any] = field(default_factory=dict)
     counts: dict[str, Any] = field(default_factory=dict)
+    resumed_from: int = 0  # epoch of the state resumed from; 0: trained from scratch
+    precision: str = "fp32"  # what the run actually used (fp32 on the CPU whatever was asked)

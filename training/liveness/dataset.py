@@ -14,6 +14,12 @@ from training.liveness.model import normalise_bgr_batch
 from training.liveness.preprocess import CroppedSample
 
 
+def init_loader_worker(_worker_id: int) -> None:
+    """One OpenCV thread per DataLoader worker: N workers x all-core OpenCV pools would
+    oversubscribe the CPU that has to keep the GPU fed."""
+    cv2.setNumThreads(1)
+
+
 class CropDataset(Dataset[tuple[torch.Tensor, int]]):
     """Yields (3xHxW float tensor, label). Crops are read from the PNG cache on demand."""
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,10 +32,12 @@ from training.liveness.model import (
     LIVE_CLASS_INDEX,
     PIXEL_SCALE,
 )
-
-OPSET = 17
-MAX_SOFTMAX_DIFF = 1e-4
-INPUT_NAME, OUTPUT_NAME = "input", "logits"
+from training.liveness.onnx_io import (
+    MAX_SOFTMAX_DIFF,
+    embed_metadata,
+    max_softmax_diff,
+    torch_onnx_export,
+)
 
 
 class ExportCheckError(RuntimeError):
@@ -93,56 +94,6 @@ def build_spec(
     )
 
 
-def _softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-    z = logits.astype(np.float64)
-    z -= z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def _torch_onnx_export(model: nn.Module, onnx_path: Path, input_size: int) -> None:
-    dummy = torch.zeros(1, 3, input_size, input_size, dtype=torch.float32)
-    with warnings.catch_warnings():
-        # The TorchScript exporter is deprecated in favour of the dynamo one, which needs
-        # onnxscript (not a dependency); the TorchScript path is exact for this CNN.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            model,
-            (dummy,),
-            str(onnx_path),
-            dynamo=False,
-            opset_version=OPSET,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            do_constant_folding=True,
-        )
-
-
-def _embed_metadata(onnx_path: Path, spec_json: str) -> None:
-    import onnx
-
-    proto = onnx.load(str(onnx_path))
-    kept = [p for p in proto.metadata_props if p.key != ONNX_METADATA_KEY]
-    del proto.metadata_props[:]
-    proto.metadata_props.extend(kept)
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = ONNX_METADATA_KEY, spec_json
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(onnx_path))
-
-
-def max_softmax_diff(model: nn.Module, onnx_path: Path, batch: npt.NDArray[np.float32]) -> float:
-    """Largest |softmax_ort - softmax_torch| over a batch (run on CPU for both)."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    ort_logits = session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
-    with torch.no_grad():
-        torch_logits = model(torch.from_numpy(batch)).numpy()
-    return float(np.abs(_softmax(ort_logits) - _softmax(torch_logits)).max())
-
-
 def export_onnx(
     model: nn.Module, folder: Path, spec: LivenessSpec, check_batch: npt.NDArray[np.float32]
 ) -> ExportResult:
@@ -163,12 +114,14 @@ def export_onnx(
     onnx_path, spec_path = folder / member.file, folder / SPEC_FILENAME
     for stale in (onnx_path, spec_path):
         stale.unlink(missing_ok=True)
-    cpu_model = copy.deepcopy(model).to("cpu").eval()
+    # A model trained channels-last on CUDA is exported in the default layout: the ONNX graph
+    # and the ORT check must not depend on how training laid out its weights.
+    cpu_model = copy.deepcopy(model).to("cpu").to(memory_format=torch.contiguous_format).eval()
     tmp_path = folder / f".{member.file}.tmp"
     try:
-        _torch_onnx_export(cpu_model, tmp_path, member.input_width)
+        torch_onnx_export(cpu_model, tmp_path, member.input_width)
         spec_json = spec.to_json()
-        _embed_metadata(tmp_path, spec_json)
+        embed_metadata(tmp_path, ONNX_METADATA_KEY, spec_json)
         diff = max_softmax_diff(cpu_model, tmp_path, np.ascontiguousarray(check_batch))
         if not diff < MAX_SOFTMAX_DIFF:
             raise ExportCheckError(

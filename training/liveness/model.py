@@ -69,10 +69,15 @@ def load_backbone_weights(model: nn.Module, path: Path) -> None:
 
 
 def save_checkpoint(model: nn.Module, path: Path) -> None:
+    save_weights(model.state_dict(), path)
+
+
+def save_weights(weights: dict[str, torch.Tensor], path: Path) -> None:
+    """Write a state dict as safetensors, atomically (temporary file, then rename)."""
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(state, str(tmp), metadata={"architecture": ARCHITECTURE})
     tmp.replace(path)

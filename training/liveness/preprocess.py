@@ -264,6 +264,7 @@ def crop_pixels(
     crop = crop_face(pixels, chosen.box, params.crop_scale, size, square=True)
     meta = {
         "status": "ok",
+        "image_size": [w, h],  # lets a bundle map the box into crop pixels without decoding
         "box": [round(v, 2) for v in chosen.box],
         "score": round(chosen.score, 4),
         "detector": chosen.detector,
