@@ -19,7 +19,7 @@ if [[ -z "$PYTHON" ]]; then
     if command -v "$candidate" >/dev/null 2>&1; then PYTHON="$candidate"; break; fi
   done
 fi
-EXTRAS="${FACEAUTH_EXTRAS:-cpu,gateway,training,devstack,dev}"
+EXTRAS="${FACEAUTH_EXTRAS:-cpu,gateway,facemesh,training,devstack,dev}"
 
 if [[ ! -x .venv/bin/python ]]; then
   "$PYTHON" -m venv .venv

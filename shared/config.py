@@ -170,12 +170,12 @@ class Settings(BaseSettings):
     eyes_closed_gate_enabled: bool = Field(
         True, description="reject closed eyes (needs 3D landmarks or the face mesh)"
     )
-    # Open eyes on the shared photos read >= 0.19, eyes painted shut <= 0.15 (tests).
+    # Open eyes on the shared photos read >= 0.188, eyes painted shut <= 0.15 (tests).
     min_eye_aspect_ratio: float = Field(
         0.16, description="lowest mean eye aspect ratio (lid gap / eye width, yaw-corrected)"
     )
     mask_gate_enabled: bool = Field(True, description="reject a covered mouth (face mask)")
-    # Skin shares on the shared photos: bare mouths >= 0.78, synthetic masks <= 0.06.
+    # Skin shares on the shared photos: bare mouths >= 0.76, masks worn (synthetic) <= 0.22.
     min_mouth_skin_fraction: float = Field(
         0.4, description="lowest skin-coloured share of the mouth and chin region"
     )
@@ -187,7 +187,7 @@ class Settings(BaseSettings):
     occlusion_gate_enabled: bool = Field(
         True, description="reject one eye, the nose or the mouth covered by something"
     )
-    # Lowest region on the shared photos 0.27 (an over-exposed tablet replay), covered <= 0.05.
+    # Lowest region on the shared photos 0.27 (an over-exposed tablet replay), covered <= 0.02.
     min_region_skin_fraction: float = Field(
         0.2, description="lowest skin-coloured share of any one eye, nose or mouth region"
     )

@@ -25,5 +25,9 @@ class QualityReasonCode(StrEnum):
     YAW_OUT_OF_RANGE = "yaw_out_of_range"
     PITCH_OUT_OF_RANGE = "pitch_out_of_range"
     FACE_TRUNCATED = "face_truncated"
+    EYES_CLOSED = "eyes_closed"
+    FACE_OCCLUDED = "face_occluded"
+    MASK = "mask"
+    SUNGLASSES = "sunglasses"
     # liveness, scored on the faces that passed the gate
     SPOOF_SUSPECTED = "spoof_suspected"

@@ -20,11 +20,14 @@ from shared.calibration import (
     CalibrationReport,
     FallbackStrategy,
     SkipImage,
+    SkippedImage,
     band_thresholds,
     build_report,
     calibrate_directory,
     compute_scores,
     equal_error_rate,
+    failure_to_acquire,
+    generalized_fnmr,
     roc_auc,
     summarise,
     threshold_at_fmr,
@@ -469,3 +472,96 @@ def test_calibrate_directory_with_too_little_data(tmp_path: Path) -> None:
     with pytest.raises(FaceauthError) as err:
         calibrate_directory(tmp_path, embed, model_name="m", model_version="v", progress=False)
     assert err.value.code is ErrorCode.CALIBRATION_INSUFFICIENT_DATA
+
+
+# --- failure to acquire and the generalized FNMR ----------------------------------------------
+
+
+def _fta_tree(root: Path) -> dict[str, FloatArray]:
+    """Two persons, 4 usable photos, 3 refused ones, and 2 files that are no attempt at all."""
+    vectors = {
+        "a1.jpg": unit(1, 0, 0),
+        "a2.jpg": unit(0.8, 0.6, 0),  # genuine score a1.a2 = 0.8
+        "b1.jpg": unit(0, 0, 1),
+        "b2.jpg": unit(0, 0.8, 0.6),  # genuine score b1.b2 = 0.6
+    }
+    for name in (*vectors, "a_blurry.jpg", "a_broken.jpg", "b_masked.jpg"):
+        folder = root / ("alice" if name.startswith("a") else "bob")
+        folder.mkdir(exist_ok=True)
+        (folder / name).write_bytes(b"x")
+    (root / "alice" / "notes.txt").write_text("not an image")
+    (root / "stray.jpg").write_bytes(b"x")
+    return vectors
+
+
+def test_calibration_reports_failure_to_acquire_and_generalized_fnmr(tmp_path: Path) -> None:
+    vectors = _fta_tree(tmp_path)
+
+    def embed(path: Path) -> FloatArray | SkipImage:
+        if path.name == "a_blurry.jpg":  # the gate lists every failed check
+            return SkipImage("blurry and dark", "too_blurry", codes=("too_blurry", "too_dark"))
+        if path.name == "a_broken.jpg":
+            raise FaceauthError(ErrorCode.IMAGE_TRUNCATED, "cut short")
+        if path.name == "b_masked.jpg":
+            return SkipImage("mouth covered", "mask", codes=("mask",))
+        return vectors[path.name]
+
+    report = calibrate_directory(tmp_path, embed, model_name="m", model_version="v", progress=False)
+    fta = report.failure_to_acquire
+    assert fta is not None
+    # 7 images in person folders were presented; 3 could not be used. notes.txt and
+    # stray.jpg are not attempts.
+    assert (fta.attempts, fta.failures) == (7, 3)
+    assert fta.rate == pytest.approx(3 / 7)
+    assert [(r.code, r.count) for r in fta.by_reason] == [
+        ("image_truncated", 1),
+        ("mask", 1),
+        ("too_blurry", 1),
+        ("too_dark", 1),
+    ]
+    assert all(r.rate == pytest.approx(1 / 7) for r in fta.by_reason)
+    skipped = {s.item: s for s in report.skipped}
+    assert skipped["alice/a_blurry.jpg"].codes == ["too_blurry", "too_dark"]
+    assert skipped["alice/a_blurry.jpg"].attempted and not skipped["stray.jpg"].attempted
+
+    # Genuine scores 0.8 and 0.6: t_high = P10 = 0.62 refuses one of the two accepted pairs
+    # (FNMR 1/2); the generalized FNMR adds the failures: 3/7 + 4/7 * 1/2 = 5/7.
+    points = {p.name: p for p in report.operating_points}
+    assert points["t_high"].threshold == pytest.approx(0.62)
+    assert points["t_high"].fnmr == 0.5
+    assert points["t_high"].gfnmr == pytest.approx(5 / 7)
+    # At t_low every accepted genuine pair matches: only the failures to acquire remain.
+    assert points["t_low"].fnmr == 0.0
+    assert points["t_low"].gfnmr == pytest.approx(3 / 7)
+    for point in report.operating_points:
+        assert point.gfnmr == pytest.approx(3 / 7 + 4 / 7 * point.fnmr)
+    for target in report.fmr_targets:
+        assert target.fnmr is not None
+        assert target.gfnmr == pytest.approx(3 / 7 + 4 / 7 * target.fnmr)
+    # The JSON report carries it all.
+    again = CalibrationReport.from_json(report.to_json())
+    assert again.failure_to_acquire == fta
+    assert json.loads(report.to_json())["failure_to_acquire"]["rate"] == pytest.approx(3 / 7)
+
+
+def test_generalized_fnmr_formula() -> None:
+    assert generalized_fnmr(0.0, 0.0) == 0.0
+    assert generalized_fnmr(0.1, 0.0) == pytest.approx(0.1)
+    assert generalized_fnmr(0.0, 0.2) == pytest.approx(0.2)
+    assert generalized_fnmr(0.1, 0.2) == pytest.approx(0.28)  # 0.2 + 0.8 * 0.1
+    assert generalized_fnmr(1.0, 0.3) == pytest.approx(1.0)
+
+
+def test_failure_to_acquire_without_failures_and_from_stored_templates() -> None:
+    none_failed = failure_to_acquire([], attempts=12)
+    assert (none_failed.failures, none_failed.rate, none_failed.by_reason) == (0, 0.0, [])
+    unknown = failure_to_acquire(
+        [SkippedImage(item="p/x.jpg", reason="no usable face", attempted=True)], attempts=2
+    )
+    assert [(r.code, r.count, r.rate) for r in unknown.by_reason] == [("unusable", 1, 0.5)]
+    with pytest.raises(ValueError, match="attempts"):
+        failure_to_acquire([SkippedImage(item="x", reason="r", attempted=True)], attempts=0)
+    # Templates from the database carry no failures to acquire: the report says so.
+    report = build_report(synthetic_people(3, 3), model_name="m", model_version="v")
+    assert report.failure_to_acquire is None
+    assert all(p.gfnmr is None for p in report.operating_points)

@@ -399,7 +399,9 @@ def test_worker_dockerfile_swaps_in_gpu_runtime_and_headless_opencv() -> None:
     assert re.search(r"^ARG CUDA_IMAGE=nvidia/cuda:[\d.]+-cudnn-runtime-", text, re.M)
     assert re.search(r"^FROM \$\{CUDA_IMAGE\} AS base-gpu$", text, re.M)
     assert re.search(r"^FROM base-\$\{ORT_FLAVOUR\} AS worker$", text, re.M)
-    assert 'pip install "/src[gpu]"' in text and 'pip install "/src[cpu,gateway]"' in text
+    # Both flavours carry the face mesh of the quality gate (the facemesh extra).
+    assert 'pip install "/src[gpu,facemesh]"' in text
+    assert 'pip install "/src[cpu,gateway,facemesh]"' in text
     assert "pip uninstall -y opencv-python opencv-contrib-python" in text
     assert "pip uninstall -y onnxruntime;" in text
     assert '--force-reinstall "onnxruntime-gpu==' in text

@@ -68,7 +68,7 @@ def test_scan_of_identities_gives_one_passing_row_per_photo(
     assert [r.path for r in identity_rows] == expected
     for row in identity_rows:
         assert row.face_count == 1 and row.passed and row.error is None, row
-        assert row.reasons == "" and row.pose_source == "5_point"
+        assert row.reasons == "" and row.pose_source == "face_mesh"
         assert row.det_score is not None and row.det_score >= 0.5
         assert row.bbox_width is not None and row.bbox_width >= 90
     assert reason_counts(identity_rows) == {}

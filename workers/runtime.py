@@ -146,6 +146,11 @@ class WorkerRuntime:
         liveness = self.liveness()
         if liveness is not None:
             versions["liveness"] = f"{liveness.name} {liveness.version}"
+        if self.settings.pose_source in ("auto", "face_mesh"):
+            # The quality gate's face mesh (one per process); None: 5-point pose, logged.
+            from workers.inference.face_mesh import get_face_mesh
+
+            versions["face_mesh"] = "mediapipe" if get_face_mesh() else "unavailable"
         return versions
 
     def fetch_image(self, key: str) -> DecodedImage:

@@ -66,9 +66,9 @@ RUN --mount=type=bind,target=/src,rw \
     --mount=type=cache,target=/root/.cache/pip \
     set -eu; \
     if [ "${ORT_FLAVOUR}" = gpu ]; then \
-        pip install "/src[gpu]" "onnxruntime-gpu==${ONNXRUNTIME_GPU_VERSION}"; \
+        pip install "/src[gpu,facemesh]" "onnxruntime-gpu==${ONNXRUNTIME_GPU_VERSION}"; \
     elif [ "${ORT_FLAVOUR}" = cpu ]; then \
-        pip install "/src[cpu,gateway]"; \
+        pip install "/src[cpu,gateway,facemesh]"; \
     else \
         echo "ORT_FLAVOUR must be gpu or cpu, not '${ORT_FLAVOUR}'" >&2; exit 1; \
     fi
@@ -130,6 +130,10 @@ if flavour == "gpu":
 
 import insightface.app
 import workers.celery_app
+from workers.inference.face_mesh import get_face_mesh
+
+# The quality gate's face mesh (head pose, eyes closed) must load from the wheel's model.
+assert get_face_mesh() is not None, "MediaPipe face mesh does not load"
 
 if flavour == "cpu":  # the gateway service runs from this image
     import gateway.app

@@ -12,7 +12,14 @@ The database job builds ``{user_id: templates}`` itself and calls :func:`build_r
 """
 
 from shared.calibration.directory import SkipImage, calibrate_directory
-from shared.calibration.report import CalibrationReport, SkippedImage, build_report
+from shared.calibration.report import (
+    CalibrationReport,
+    FailureToAcquire,
+    SkippedImage,
+    build_report,
+    failure_to_acquire,
+    generalized_fnmr,
+)
 from shared.calibration.scores import CalibrationScores, PairScores, compute_scores
 from shared.calibration.thresholds import (
     DEFAULT_FMR_TARGETS,
@@ -28,6 +35,7 @@ __all__ = [
     "DEFAULT_FMR_TARGETS",
     "CalibrationReport",
     "CalibrationScores",
+    "FailureToAcquire",
     "FallbackStrategy",
     "PairScores",
     "SkipImage",
@@ -37,6 +45,8 @@ __all__ = [
     "calibrate_directory",
     "compute_scores",
     "equal_error_rate",
+    "failure_to_acquire",
+    "generalized_fnmr",
     "roc_auc",
     "summarise",
     "threshold_at_fmr",

@@ -27,10 +27,15 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})  # what t
 
 @dataclass(frozen=True)
 class SkipImage:
-    """What an embedder returns for an unusable image when it can say why."""
+    """What an embedder returns for an unusable image when it can say why.
+
+    ``codes`` lists every reason code when there are several (a quality gate reports all
+    its failed checks); ``code`` is the first.
+    """
 
     reason: str
     code: str | None = None
+    codes: tuple[str, ...] = ()
 
 
 EmbedResult = npt.NDArray[np.floating] | SkipImage | None
@@ -58,6 +63,10 @@ def calibrate_directory(
     transient errors included, propagate: they are faults, not properties of the photo.
     Files outside person folders and non-image files are recorded as skipped, hidden
     entries (``.DS_Store``) are ignored.
+
+    Every image file in a person folder is an acquisition attempt: the ones skipped by
+    ``embed_image`` are failures to acquire, reported by reason with the generalized FNMR
+    (``CalibrationReport.failure_to_acquire``).
     """
     if not root.is_dir():
         raise FaceauthError(
@@ -71,7 +80,12 @@ def calibrate_directory(
         outcome = _embed(embed_image, path)
         if isinstance(outcome, SkipImage):
             logger.info("calibration skips %s: %s", item, outcome.reason)
-            skipped.append(SkippedImage(item=item, reason=outcome.reason, code=outcome.code))
+            codes = list(outcome.codes) or ([outcome.code] if outcome.code else [])
+            skipped.append(
+                SkippedImage(
+                    item=item, reason=outcome.reason, code=outcome.code, codes=codes, attempted=True
+                )
+            )
             continue
         embeddings.setdefault(person, []).append(outcome)
         names.setdefault(person, []).append(item)
@@ -85,6 +99,7 @@ def calibrate_directory(
         fmr_targets=fmr_targets,
         fallback=fallback,
         max_pairs=max_pairs,
+        acquisition_attempts=len(images),
     )
 
 

@@ -30,6 +30,8 @@ from shared.errors import ErrorCode, FaceauthError
 REPORT_SCHEMA_VERSION = 1
 
 Pair = tuple[int, int]
+# The reason recorded for a failure to acquire whose embedder gave no code.
+UNUSABLE = "unusable"
 
 
 class _Frozen(BaseModel):
@@ -74,6 +76,7 @@ class FmrTarget(_Frozen):
     reason: str | None = None
     fmr: float | None = None
     fnmr: float | None = None
+    gfnmr: float | None = Field(default=None, description="generalized FNMR, see OperatingPoint")
     impostor_pairs: int
 
 
@@ -81,7 +84,27 @@ class OperatingPoint(_Frozen):
     name: str
     threshold: float
     fmr: float
-    fnmr: float
+    fnmr: float = Field(description="false non-match rate of the photos that were acquired")
+    gfnmr: float | None = Field(
+        default=None,
+        description="generalized FNMR (ISO/IEC 19795-1): FTA + (1 - FTA) * FNMR, failures to "
+        "acquire counted as false non-matches; null when the FTA is unknown (--from-db)",
+    )
+
+
+class FtaReason(_Frozen):
+    code: str = Field(description="quality reason or error code; 'unusable' when none given")
+    count: int = Field(description="images refused with this reason (one image may have several)")
+    rate: float = Field(description="count / attempts")
+
+
+class FailureToAcquire(_Frozen):
+    """Photos presented but never compared: refused by decoding, detection or the gate."""
+
+    attempts: int = Field(description="image files in person folders")
+    failures: int
+    rate: float = Field(description="failures / attempts (the FTA rate)")
+    by_reason: list[FtaReason] = Field(description="most frequent first")
 
 
 class SkippedImage(_Frozen):
@@ -89,6 +112,12 @@ class SkippedImage(_Frozen):
     reason: str
     code: str | None = Field(
         default=None, description="FaceauthError code when the embedder gave one"
+    )
+    codes: list[str] = Field(default_factory=list, description="every reason code given")
+    attempted: bool = Field(
+        default=False,
+        description="an image in a person folder that could not be used (a failure to "
+        "acquire), as opposed to a file that is not a calibration image at all",
     )
 
 
@@ -123,6 +152,9 @@ class CalibrationReport(_Frozen):
     mean_template_impostor_scores: list[float]
     mean_template_pairs: list[Pair] = Field(description="indices into persons")
     skipped: list[SkippedImage]
+    failure_to_acquire: FailureToAcquire | None = Field(
+        default=None, description="null when calibrated from stored templates"
+    )
 
     def to_json(self, *, indent: int | None = None) -> str:
         return self.model_dump_json(indent=indent)
@@ -155,12 +187,15 @@ def build_report(
     max_pairs: int | None = None,
     seed: int = 0,
     created_at: datetime | None = None,
+    acquisition_attempts: int | None = None,
 ) -> CalibrationReport:
     """Scores, thresholds and error rates for L2-normalised embeddings grouped by person.
 
     This is the entry point for both the directory CLI and the database job (which passes
     each enrolled user's templates as one person). ``max_pairs`` caps the cross-person
     score lists, see :func:`shared.calibration.scores.compute_scores`.
+    ``acquisition_attempts`` (images presented, used or not) turns on the failure-to-acquire
+    figures: the ``skipped`` entries marked ``attempted`` are the failures.
 
     Raises ``FaceauthError(CALIBRATION_INSUFFICIENT_DATA)`` when there is no genuine pair
     (no person with two usable images) or no impostor pair (fewer than two persons).
@@ -185,6 +220,11 @@ def build_report(
     summary = summarise(
         scores.genuine.scores, scores.impostor.scores, fmr_targets=fmr_targets, fallback=fallback
     )
+    fta = (
+        None
+        if acquisition_attempts is None
+        else failure_to_acquire(skipped, attempts=acquisition_attempts)
+    )
     return _assemble(
         scores,
         summary,
@@ -193,7 +233,35 @@ def build_report(
         skipped=list(skipped),
         source=source,
         created_at=created_at or datetime.now(UTC),
+        fta=fta,
     )
+
+
+def failure_to_acquire(skipped: Sequence[SkippedImage], *, attempts: int) -> FailureToAcquire:
+    """FTA rate overall and by reason from the skipped images that were attempts."""
+    failed = [s for s in skipped if s.attempted]
+    if attempts < len(failed):
+        raise ValueError(f"{len(failed)} failures to acquire out of only {attempts} attempts")
+    counts: dict[str, int] = {}
+    for item in failed:
+        for code in dict.fromkeys(item.codes or [item.code or UNUSABLE]):
+            counts[code] = counts.get(code, 0) + 1
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return FailureToAcquire(
+        attempts=attempts,
+        failures=len(failed),
+        rate=len(failed) / attempts if attempts else 0.0,
+        by_reason=[FtaReason(code=c, count=n, rate=n / attempts) for c, n in ranked],
+    )
+
+
+def generalized_fnmr(fnmr: float, fta_rate: float) -> float:
+    """ISO/IEC 19795-1 generalized FNMR: a failure to acquire is a false non-match.
+
+    A genuine attempt either fails to acquire (probability FTA) or is compared and falsely
+    non-matched with probability FNMR: GFNMR = FTA + (1 - FTA) * FNMR.
+    """
+    return fta_rate + (1.0 - fta_rate) * fnmr
 
 
 def _assemble(
@@ -205,8 +273,13 @@ def _assemble(
     skipped: list[SkippedImage],
     source: str | None,
     created_at: datetime,
+    fta: FailureToAcquire | None = None,
 ) -> CalibrationReport:
     band = summary.band
+
+    def gfnmr(fnmr: float | None) -> float | None:
+        return None if fta is None or fnmr is None else generalized_fnmr(fnmr, fta.rate)
+
     mean_scores = scores.mean_template_impostor.scores
     return CalibrationReport(
         model_name=model_name,
@@ -240,6 +313,7 @@ def _assemble(
                 reason=t.reason,
                 fmr=t.fmr,
                 fnmr=t.fnmr,
+                gfnmr=gfnmr(t.fnmr),
                 impostor_pairs=t.impostor_pairs,
             )
             for t in summary.fmr_targets
@@ -248,7 +322,9 @@ def _assemble(
         eer_threshold=summary.eer.threshold,
         roc_auc=summary.roc_auc,
         operating_points=[
-            OperatingPoint(name=p.name, threshold=p.threshold, fmr=p.fmr, fnmr=p.fnmr)
+            OperatingPoint(
+                name=p.name, threshold=p.threshold, fmr=p.fmr, fnmr=p.fnmr, gfnmr=gfnmr(p.fnmr)
+            )
             for p in summary.operating_points
         ],
         genuine_stats=score_stats(scores.genuine.scores),
@@ -263,6 +339,7 @@ def _assemble(
         mean_template_impostor_scores=mean_scores.tolist(),
         mean_template_pairs=_pairs(scores.mean_template_impostor.pairs),
         skipped=skipped,
+        failure_to_acquire=fta,
     )
 
 

@@ -8,7 +8,8 @@ and the same face pack, measured side by side in one run, alternating ``--repeat
 so that a load spike from other users of the host hits both:
 
 - bare: ``insightface.app.FaceAnalysis("facepack-test")`` with det_size 640 on CPU, a
-  single-threaded Python loop of ``cv2.imdecode`` + ``app.get`` + ``measure_quality``.
+  single-threaded Python loop of ``cv2.imdecode`` + ``app.get`` + the worker's quality
+  gate (``QualityGate.assess``: with the face mesh, like the worker).
 - queued: one enrollment job of one image per photo (unique user ids, liveness off to
   compare like with like), uploads done before the clock starts, all submitted at once,
   timed from the first submit until every job row says finished; one Celery worker with
@@ -32,6 +33,12 @@ transaction on the stack's Postgres). Beside them: the worker's own stage means 
 Prometheus endpoint (its ``decode`` includes the fetch), and from the job rows the time
 each job spent in the worker and the gap between consecutive jobs (commit, broker ack,
 next message), which is what the queue adds.
+
+The quality stage is also timed before and after the face mesh: the gate with
+``FACEAUTH_POSE_SOURCE=five_point`` (pose from the detector's keypoints, no mesh) against
+the configured one (``auto``: MediaPipe's face mesh on a pack without 3D landmarks), on
+the same detected faces, alternating per image. ``--quality-only`` runs just that, without
+the stack (seconds instead of minutes).
 """
 
 from __future__ import annotations
@@ -76,7 +83,7 @@ def load_photos() -> list[bytes]:
 
 
 class BareLoop:
-    """FaceAnalysis + the quality metrics, no queue, no storage, no database."""
+    """FaceAnalysis + the quality gate, no queue, no storage, no database."""
 
     def __init__(self, ort_threads: int) -> None:
         import onnxruntime as ort
@@ -94,12 +101,14 @@ class BareLoop:
 
         # The same liveness model as the worker, for the pass that compares liveness on.
         self.liveness = LivenessScorer.load(minifasnet_dir())
+        from workers.inference.quality import QualityGate
+
+        # The worker's gate (face mesh included), so both sides do the same quality work.
+        self.gate = QualityGate(get_settings())
 
     def run(self, photos: list[bytes], *, liveness: bool = False) -> float:
         """Wall seconds of one pass over ``photos`` (each must give exactly one face); the
         pass's CPU seconds are left in ``last_cpu_s``."""
-        from workers.inference.quality import measure_quality
-
         cpu = c.own_cpu_seconds()
         started = time.perf_counter()
         for data in photos:
@@ -115,7 +124,7 @@ class BareLoop:
                 det_score=float(face.det_score),
                 kps=np.asarray(face.kps, dtype=np.float32),
             )
-            measure_quality(image, detected)
+            self.gate.assess(image, [detected])
             if liveness:
                 self.liveness.score(image, [detected.bbox])
         wall = time.perf_counter() - started
@@ -229,6 +238,69 @@ def stage_times(bs: c.BenchStack, photos: list[bytes]) -> dict[str, list[float]]
             write_enrollment(conn, pack, user, embedding, key)
             lap("db_write")
     return times
+
+
+def quality_stage_times(photos: list[bytes], *, repeats: int = 3) -> dict[str, Any]:
+    """Median ms per face of ``assess_image``: 5-point pose vs the face mesh.
+
+    Each photo is decoded and detected once; both gates then judge the same faces, taking
+    turns per image so that a load spike from other users of the host hits both.
+    """
+    from shared.imaging import decode_image
+    from workers.inference.quality import QualityGate, assess_image
+
+    settings = get_settings()
+    pack = FacePack.load(sample_face_pack_dir(), det_size=settings.face_det_size)
+    gates = {
+        "five_point": QualityGate(settings.model_copy(update={"pose_source": "five_point"})),
+        "face_mesh": QualityGate(settings.model_copy(update={"pose_source": "auto"})),
+    }
+    if not gates["face_mesh"].uses_face_mesh:
+        raise SystemExit("mediapipe is not installed: no face-mesh path to time")
+    decoded = []
+    for data in photos:
+        pixels = decode_image(
+            data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
+        ).pixels
+        decoded.append((pixels, pack.detect(pixels)))
+    for gate in gates.values():  # warm-up
+        assess_image(*decoded[0], gate)
+    times: dict[str, list[float]] = defaultdict(list)
+    # CPU seconds of this process (all threads: MediaPipe runs its own), steadier than wall
+    # time when other users load the host.
+    cpu: dict[str, float] = defaultdict(float)
+    for _ in range(repeats):
+        for pixels, faces in decoded:
+            for name, gate in gates.items():
+                cpu_started = time.process_time()
+                started = time.perf_counter()
+                assess_image(pixels, faces, gate)
+                times[name].append(time.perf_counter() - started)
+                cpu[name] += time.process_time() - cpu_started
+    p50 = {name: round(statistics.median(v) * 1000, 2) for name, v in times.items()}
+    p95 = {name: round(c.percentile(v, 95) * 1000, 2) for name, v in times.items()}
+    cpu_ms = {name: round(cpu[name] / len(v) * 1000, 2) for name, v in times.items()}
+    return {
+        "faces": len(times["face_mesh"]),
+        "p50_ms": p50,
+        "p95_ms": p95,
+        "cpu_ms_per_face": cpu_ms,
+        "face_mesh_added_p50_ms": round(p50["face_mesh"] - p50["five_point"], 2),
+        "face_mesh_added_cpu_ms": round(cpu_ms["face_mesh"] - cpu_ms["five_point"], 2),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def print_quality_stage(result: dict[str, Any]) -> None:
+    c.console.print(
+        f"quality stage, ms per face over {result['faces']} faces (load average "
+        f"{result['load_average']} on {result['cpu_count']} CPUs): 5-point pose "
+        f"p50 {result['p50_ms']['five_point']} / p95 {result['p95_ms']['five_point']}; "
+        f"face mesh p50 {result['p50_ms']['face_mesh']} / p95 {result['p95_ms']['face_mesh']}; "
+        f"the mesh adds {result['face_mesh_added_p50_ms']} ms wall (budget ~15), "
+        f"{result['face_mesh_added_cpu_ms']} ms CPU ({result['cpu_ms_per_face']})"
+    )
 
 
 class Laps:
@@ -431,8 +503,18 @@ def main() -> None:
     parser.add_argument(
         "--batch-max-wait-ms", type=float, default=5.0, help="FACEAUTH_BATCH_MAX_WAIT_MS"
     )
+    parser.add_argument(
+        "--quality-only",
+        action="store_true",
+        help="only time the quality stage, 5-point pose vs face mesh (no stack)",
+    )
     args = parser.parse_args()
     repeats = args.repeats or (3 if args.quick else 5)
+    if args.quality_only:
+        quality = quality_stage_times(load_photos() * args.rounds, repeats=repeats)
+        print_quality_stage(quality)
+        c.write_results(args.out.with_name(f"{NAME}_quality.json"), f"{NAME}_quality", quality)
+        return
     if args.ort_threads > 0:
         # The in-process FacePack (stage times) reads it from the settings too.
         os.environ["FACEAUTH_ORT_INTRA_OP_THREADS"] = str(args.ort_threads)
@@ -472,6 +554,8 @@ def main() -> None:
             )
         stages = stage_times(bs, photos)
         batch_sizes = worker_batch_sizes(bs)
+        # While the stack idles (its teardown would load the host), on a separate gate pair.
+        quality_stage = quality_stage_times(photos, repeats=3)
 
     n = len(photos)
     seconds = {
@@ -524,8 +608,11 @@ def main() -> None:
         "stage_p50_sum_ms_without_liveness": round(
             sum(v for k, v in stage_p50.items() if k != "liveness"), 2
         ),
+        # The quality stage before (5-point pose) and after (face mesh) on the same faces.
+        "quality_stage": quality_stage,
     }
     print_report(result, queued)
+    print_quality_stage(quality_stage)
     c.write_results(args.out, NAME, result)
     plot(result, c.figure_path(args.out))
 

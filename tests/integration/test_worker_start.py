@@ -43,7 +43,8 @@ def test_the_ready_file_names_the_loaded_models_and_goes_with_the_worker(
         while not ready.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         models = json.loads(ready.read_text())["models"]
-        assert set(models) == {"face_pack", "liveness"}
+        assert set(models) == {"face_pack", "liveness", "face_mesh"}
+        assert models["face_mesh"] == "mediapipe"  # the quality gate's pose and eyes model
         assert models["face_pack"].startswith("facepack-test")
     finally:
         worker.stop()

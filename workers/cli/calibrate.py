@@ -9,12 +9,16 @@ may not import workers. The maths (scores, thresholds, report, plots) stays in
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
 from shared.cli.output import console
 from shared.config import get_settings
+
+if TYPE_CHECKING:
+    from shared.calibration import CalibrationReport
 
 
 def calibrate(
@@ -73,7 +77,15 @@ def calibrate(
         value = "n/a" if target.threshold is None else f"{target.threshold:.4f}"
         note = "" if target.supported else " (not supported by the data)"
         table.add_row(f"threshold @ FMR {target.target:g}", value + note)
+    fta = result.failure_to_acquire
+    if fta is not None:
+        table.add_row(
+            "failure to acquire (FTA)", f"{fta.failures} / {fta.attempts} = {fta.rate:.2%}"
+        )
+        for reason in fta.by_reason:
+            table.add_row(f"  FTA {reason.code}", f"{reason.count} = {reason.rate:.2%}")
     console.print(table)
+    console.print(operating_point_table(result))
     if plots is not None:
         files = write_plots(result, plots)
         console.print(f"plots: {files.histogram}, {files.det_curve}")
@@ -94,3 +106,21 @@ def calibrate(
             )
         console.print(f"saved calibration {cal_id}{' (active)' if activate else ''}")
     console.print(f"report: {report}")
+
+
+def operating_point_table(result: CalibrationReport) -> Table:
+    """FMR, FNMR of the acquired photos and generalized FNMR at each operating point."""
+    table = Table(
+        "operating point",
+        "threshold",
+        "FMR",
+        "FNMR (acquired)",
+        "generalized FNMR",
+        title="error rates (generalized FNMR = FTA + (1 - FTA) x FNMR, ISO/IEC 19795-1)",
+    )
+    for point in result.operating_points:
+        gfnmr = "n/a (FTA unknown)" if point.gfnmr is None else f"{point.gfnmr:.4f}"
+        table.add_row(
+            point.name, f"{point.threshold:.4f}", f"{point.fmr:.4f}", f"{point.fnmr:.4f}", gfnmr
+        )
+    return table

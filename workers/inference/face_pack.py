@@ -189,7 +189,16 @@ class FacePack:
         recognizer, batched = _batch_capable_recognizer(recognizer, providers)
         used = list(recognizer.session.get_providers())
         if dropped := [p for p in resolved if p not in used]:
-            # ORT falls back to CPU when e.g. the CUDA libraries cannot be loaded; say so.
+            # ORT falls back to CPU when e.g. the CUDA libraries cannot be loaded. With an
+            # explicit provider list that is an outage, not a fallback (as in onnx_session).
+            if providers or get_settings().ort_providers:
+                raise ModelLoadError(
+                    ErrorCode.ONNX_PROVIDER_UNAVAILABLE,
+                    f"face pack {pack_dir}: requested providers {dropped} could not be "
+                    f"initialised (sessions got {used})",
+                    requested=resolved,
+                    used=used,
+                )
             log.warning(
                 "face pack %s: providers %s unavailable, running on %s", pack_dir, dropped, used
             )

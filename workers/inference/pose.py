@@ -1,10 +1,16 @@
 """Head pose (pitch, yaw, roll in degrees) from face landmarks.
 
-Two sources, one convention. When the face pack has InsightFace's 68-point 3D landmark
-model (``1k3d68.onnx`` in buffalo_l), the pose is InsightFace's own: an affine camera is
-fitted from the model's mean shape to the predicted 3D landmarks and decomposed into
-Euler angles, exactly as ``FaceAnalysis`` does. Without it, the pose is estimated in
-closed form from the detector's five keypoints.
+Three sources, one convention, chosen by ``workers.inference.quality.choose_pose``
+(FACEAUTH_POSE_SOURCE, default ``auto`` = the first available):
+
+1. ``landmark_3d_68``: the pack has InsightFace's 68-point 3D landmark model
+   (``1k3d68.onnx`` in buffalo_l); the pose is InsightFace's own: an affine camera fitted
+   from the model's mean shape to the predicted 3D landmarks, decomposed into Euler angles,
+   exactly as ``FaceAnalysis`` does.
+2. ``face_mesh``: MediaPipe's face mesh (``workers.inference.face_mesh``); the same affine
+   fit of the same generic 3D face (InsightFace's 68-point mean shape) to the 68 mesh points
+   that stand for iBUG's landmarks, plus a fixed pitch offset (``FACE_MESH_PITCH_OFFSET_DEG``).
+3. ``5_point``: closed form from the detector's five keypoints.
 
 Convention (InsightFace's, derived from its mean shape: x right, y down, z towards the
 camera), angles in degrees:
@@ -13,19 +19,30 @@ camera), angles in degrees:
 * pitch > 0: the face tilts up (chin forward, the nose moves up in the image);
 * roll > 0: the face leans clockwise in the image (the image-right eye is lower).
 
-5-point accuracy. Compared with a MediaPipe FaceMesh reference on the 49 faces (25 and
-their mirror images) of ``../shared/faces`` that both detectors found: yaw mean absolute
-error 2.6° (worst 9°), roll 1.8° (worst 10°), pitch 4.1° once a ~5° offset between the two
-definitions of "level" is removed (worst 17-22°, on faces also turned 15-35° sideways).
-Pitch is the weak axis: it rests on how far the nose tip sits below the eyes, which
-varies from person to person by about ±0.05 inter-ocular distances, i.e. about ±5°. The
-mouth corners are deliberately not used: a smile or an open mouth moves them, and a
-5-point perspective fit (solvePnP) that used them read smiling frontal portraits as
-looking 30-40° down.
+Measured error (tests/test_capture_quality.py, the 12 shared identity photos):
+
+* roll, against photos turned in-plane by ±10° and ±20° (48 cases): face mesh mean 0.7°,
+  worst 2.3°; 5-point mean 1.7°, worst 5.4°.
+* yaw and pitch, 5-point against the face mesh on the photos and their mirror images (24
+  faces): yaw mean 3.1°, worst 8.8°; pitch mean 4.8°, worst 12.3°. The mesh's own
+  consistency: mirroring a photo changes its mesh pitch by at most 3° and flips yaw and
+  roll within 5°.
+* 3D landmarks: not measurable here (the test pack has no 1k3d68 model); it is
+  InsightFace's reference method, which the face-mesh source copies.
+
+Why the 5-point pitch is the weak axis: it rests on how far the nose tip sits below the
+eyes, which varies from person to person by about ±0.05 inter-ocular distances, i.e.
+about ±5°. The mouth corners are deliberately not used: a smile or an open mouth moves
+them, and a 5-point perspective fit (solvePnP) that used them read smiling frontal
+portraits as looking 30-40° down. A full-perspective solvePnP of the mesh points was
+tried too: with no known focal length or principal point (photos are cropped), it read
+pitch from where the face sits in the frame (frontal faces at -10° to -30°), so the
+affine (weak-perspective) fit is used, as InsightFace does.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -33,7 +50,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-PoseSource = Literal["landmark_3d_68", "5_point"]
+PoseSource = Literal["landmark_3d_68", "face_mesh", "5_point"]
 
 FloatArray = npt.NDArray[np.floating]
 
@@ -55,6 +72,11 @@ NOSE_DROP_IOD = float((_ARCFACE_TEMPLATE[2, 1] - _ARCFACE_TEMPLATE[:2, 1].mean()
 # How far the nose tip stands in front of the eyes, in inter-ocular distances: measured on
 # InsightFace's 68-point mean shape (points 30 vs the centres of 36-41 and 42-47).
 NOSE_DEPTH_IOD = 0.534
+# Added to the face-mesh pitch: minus the mean raw face-mesh pitch of the 12 shared
+# identity photos and their mirror images (24 near-frontal press photos), i.e. an average
+# press photo reads level, as it does for the 5-point estimate whose ArcFace template is an
+# average of aligned faces.
+FACE_MESH_PITCH_OFFSET_DEG = 6.5
 
 
 @dataclass(frozen=True)
@@ -138,6 +160,34 @@ def pose_from_landmark_3d_68(landmarks: FloatArray, mean_shape: FloatArray) -> H
     rotation = affine_to_rotation(affine)
     pitch, yaw, roll = rotation_to_angles(rotation)
     return HeadPose(pitch=pitch, yaw=yaw, roll=roll, source="landmark_3d_68")
+
+
+def pose_from_face_mesh(ibug_68_points: FloatArray) -> HeadPose:
+    """Head pose from MediaPipe face-mesh points standing for iBUG's 68 landmarks.
+
+    The affine camera of ``pose_from_landmark_3d_68`` is fitted from InsightFace's 68-point
+    mean shape (a generic 3D face) to the 2D mesh points (x, y; the fit uses only the image
+    plane), so this source shares the 3D-landmark source's maths and convention. The mesh
+    points are MediaPipe's, not iBUG's annotation: on the shared photos the fit reads
+    "level" ``FACE_MESH_PITCH_OFFSET_DEG`` lower than the ArcFace template (the 5-point
+    definition), so that offset is added back.
+    """
+    points = np.asarray(ibug_68_points, dtype=np.float64)
+    if points.shape != (68, 2) or not np.all(np.isfinite(points)):
+        raise ValueError(f"expected 68 finite (x, y) points, got shape {points.shape}")
+    target = np.column_stack([points, np.zeros(68)])
+    raw = pose_from_landmark_3d_68(target, insightface_mean_shape())
+    return HeadPose(
+        pitch=raw.pitch + FACE_MESH_PITCH_OFFSET_DEG, yaw=raw.yaw, roll=raw.roll, source="face_mesh"
+    )
+
+
+@functools.cache
+def insightface_mean_shape() -> FloatArray:
+    """InsightFace's 68-point mean 3D face (``meanshape_68.pkl``, the 1k3d68 model's mean_lmk)."""
+    from insightface.data import get_object
+
+    return np.asarray(get_object("meanshape_68.pkl"), dtype=np.float64)
 
 
 def affine_to_rotation(affine: FloatArray) -> FloatArray:

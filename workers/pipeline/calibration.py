@@ -43,12 +43,13 @@ def image_embedder(
                 max_pixels=settings.max_image_pixels,
             )
         except FaceauthError as exc:
-            return SkipImage(exc.message, str(exc.code))
+            return SkipImage(exc.message, str(exc.code), codes=(str(exc.code),))
         faces = pack.detect(image.pixels)
         assessment = assess_image(image.pixels, faces, gate)
         if not assessment.passed:
             reasons = "; ".join(r.message for r in assessment.reasons)
-            return SkipImage(reasons, str(assessment.reasons[0].code))
+            codes = tuple(str(r.code) for r in assessment.reasons)
+            return SkipImage(reasons, codes[0], codes=codes)
         return pack.embed([(image.pixels, faces[0].kps)])[0]
 
     return embed

@@ -68,6 +68,12 @@ class QualityRow(BaseModel):
     pose_source: str | None = None
     image_width: int | None = None
     image_height: int | None = None
+    aligned_crop_coverage: float | None = None
+    eye_aspect_ratio: float | None = None
+    right_eye_skin: float | None = None
+    left_eye_skin: float | None = None
+    nose_skin: float | None = None
+    mouth_skin: float | None = None
 
     @property
     def reason_codes(self) -> list[str]:
