@@ -68,8 +68,11 @@ def test_erasure_lists_the_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr("shared.db.templates.source_image_keys", lambda conn, user: {"t/1.jpg"})
     monkeypatch.setattr("shared.db.jobs.image_refs_of_user", lambda conn, user: {"probes/2.jpg"})
+    monkeypatch.setattr(
+        "shared.db.liveness_sessions.frame_keys_of_user", lambda conn, user: {"frames/3.jpg"}
+    )
     uploaded = upload_key("carol", JPEG, ".jpg")
     store = FakeStore([uploaded, "enroll/carol2/x.jpg", "enroll/other/y.jpg"])
     keys = deletion.candidate_keys(object(), store, "carol")  # type: ignore[arg-type]
     assert store.listed == [user_image_prefix("carol")]
-    assert keys == {uploaded, "t/1.jpg", "probes/2.jpg"}
+    assert keys == {uploaded, "t/1.jpg", "probes/2.jpg", "frames/3.jpg"}

@@ -122,4 +122,9 @@ def loader_options(device: torch.device, num_workers: int) -> dict[str, Any]:
         # Keep workers across epochs (no re-fork per epoch) and a few batches in flight.
         options["persistent_workers"] = True
         options["prefetch_factor"] = 4
+        # Workers forked from a clean server process, not from this one: the job has run
+        # MediaPipe, OpenCV and ONNX Runtime thread pools by now, and a plain fork copies
+        # whichever of their locks another thread held (the child then waits forever; a
+        # 36-thread test process reproduced it). The dataset pickles cheaply (paths).
+        options["multiprocessing_context"] = "forkserver"
     return options
