@@ -179,6 +179,7 @@ def test_amp_and_loader_choices_per_device() -> None:
         "pin_memory": True,
         "persistent_workers": True,
         "prefetch_factor": 4,
+        "multiprocessing_context": "forkserver",
     }
 
 
