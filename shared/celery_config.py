@@ -24,6 +24,23 @@ def queue_name(role: QueueRole, settings: Settings) -> str:
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
+    return _base_config(settings) | _pool_config(settings)
+
+
+def _pool_config(settings: Settings) -> dict[str, Any]:
+    """Jobs in flight per worker process (FACEAUTH_WORKER_JOBS_IN_FLIGHT).
+
+    Several jobs share one process, and so one set of loaded models and one batcher, only
+    in Celery's threads pool; prefork children would each load their own models and never
+    see each other's calls. Command-line ``--pool``/``--concurrency`` still win.
+    """
+    n = settings.worker_jobs_in_flight
+    if n is None:
+        return {}
+    return {"worker_pool": "threads" if n > 1 else "prefork", "worker_concurrency": n}
+
+
+def _base_config(settings: Settings) -> dict[str, Any]:
     exchange = Exchange("faceauth", type="direct")
     return {
         "broker_url": settings.broker_url,

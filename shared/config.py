@@ -141,6 +141,12 @@ class Settings(BaseSettings):
         description="largest detector, recognizer or liveness run across the jobs in flight in"
         " one worker process (>1 with `--pool threads --concurrency N`; 1 = one job per run)",
     )
+    worker_jobs_in_flight: int | None = Field(
+        None,
+        ge=1,
+        description="jobs one worker process keeps in flight; above 1 the worker runs Celery's"
+        " threads pool so their model calls can be batched (unset: --pool/--concurrency decide)",
+    )
     batch_max_wait_ms: float = Field(
         5.0, ge=0, description="longest a model call waits for other jobs' faces to fill a batch"
     )

@@ -63,3 +63,8 @@ def test_celery_config_is_json_only_and_crash_safe() -> None:
         assert conf["task_routes"][spec.task_name]["queue"] == queue
     assert conf["task_routes"]["faceauth.enroll"]["queue"] == s.queue_inference
     assert conf["task_routes"]["faceauth.delete_user"]["queue"] == s.queue_io
+    # Pool and concurrency stay Celery's (or the command line's) unless configured.
+    assert "worker_pool" not in conf and "worker_concurrency" not in conf
+    batching = celery_config(Settings(worker_jobs_in_flight=8))
+    assert batching["worker_pool"] == "threads" and batching["worker_concurrency"] == 8
+    assert celery_config(Settings(worker_jobs_in_flight=1))["worker_pool"] == "prefork"

@@ -374,14 +374,17 @@ class DevStack:
         self,
         *,
         queues: list[str],
-        concurrency: int = 1,
-        pool: str = "prefork",
+        concurrency: int | None = 1,
+        pool: str | None = "prefork",
         extra_env: dict[str, str] | None = None,
         name: str = "worker",
         app: str = DEFAULT_APP,
         timeout: float | None = None,
     ) -> ManagedProcess:
         """Start a Celery worker (prefork, or threads for cross-job batching) on ``queues``.
+
+        ``concurrency``/``pool`` None leave them to the app's configuration
+        (FACEAUTH_WORKER_JOBS_IN_FLIGHT, else Celery's defaults).
 
         Ready = the log shows ``name@host ready.`` or the worker answers a control ping.
         Its log is ``logs/<name>.log`` (appended to when a worker is restarted).
@@ -396,8 +399,8 @@ class DevStack:
         argv = [
             sys.executable, "-m", "celery", "-A", app, "worker",
             "-Q", ",".join(queues),
-            "-c", str(concurrency),
-            "--pool", pool,
+            *(["-c", str(concurrency)] if concurrency is not None else []),
+            *(["--pool", pool] if pool is not None else []),
             "-n", f"{name}@%h",
             "--without-gossip",
             "--without-mingle",

@@ -34,12 +34,14 @@ def batching_worker(live: LiveStack) -> Iterator[int]:
         "FACEAUTH_DB_POOL_MAX_SIZE": str(IN_FLIGHT + 4),
         "FACEAUTH_ORT_INTRA_OP_THREADS": "1",
         "FACEAUTH_METRICS_PORT": str(port),
+        # Jobs in flight from the configuration alone: no --pool/--concurrency flags.
+        "FACEAUTH_WORKER_JOBS_IN_FLIGHT": str(IN_FLIGHT),
     }
     settings = live.settings
     worker = live.stack.start_worker(
         queues=[settings.queue_inference, settings.queue_io],
-        concurrency=IN_FLIGHT,
-        pool="threads",
+        concurrency=None,
+        pool=None,
         extra_env=env,
         name="batching",
     )
