@@ -197,25 +197,9 @@ def evaluate(
 
 
 def _load_models(model_dir: Path | None, face_pack: Path | None) -> tuple[Any, Any]:
-    from shared.errors import ModelLoadError
-    from workers.inference.face_pack import FacePack
-    from workers.inference.liveness import LivenessScorer
+    from workers.cli.liveness import load_models  # that module registers this one's commands
 
-    settings = get_settings()
-    folder = model_dir or settings.liveness_model_dir
-    if folder is None:
-        _fail("no liveness model: pass --model-dir or set FACEAUTH_LIVENESS_MODEL_DIR")
-    try:
-        scorer = LivenessScorer.load(folder)
-        pack = FacePack.load(
-            face_pack or settings.face_pack_dir,
-            det_size=settings.face_det_size,
-            providers=settings.ort_providers,
-            det_thresh=settings.min_det_score,
-        )
-    except ModelLoadError as exc:
-        _fail(f"{exc.code}: {exc.message}")
-    return scorer, pack
+    return load_models(model_dir, face_pack)
 
 
 def _store(
