@@ -21,6 +21,7 @@ from rich.table import Table
 
 from shared.config import get_settings
 from workers.cli.liveness_eval import register as register_evaluation
+from workers.cli.liveness_models import load_models
 
 if TYPE_CHECKING:
     from workers.inference.face_pack import FacePack
@@ -119,7 +120,7 @@ def score(
 ) -> None:
     """Score the largest face of each IMAGE: spoof score (1 = spoof) and live/spoof decision."""
     settings = get_settings()
-    scorer, pack = load_models(model_dir, face_pack)
+    scorer, pack = load_models(model_dir, face_pack)  # exits 1 when either cannot load
     limit = settings.liveness_threshold if threshold is None else threshold
     entries = [
         score_image(
@@ -158,35 +159,6 @@ def _print_table(entries: list[dict[str, Any]]) -> None:
             f"{e['model_name']} {e['model_version']}",
         )
     Console().print(table)
-
-
-def load_models(model_dir: Path | None, face_pack: Path | None) -> tuple[LivenessScorer, FacePack]:
-    """The liveness model and the face pack's detector; exit 1 with the reason if either fails.
-
-    Heavy imports (ONNX Runtime, InsightFace) only here: ``faceauth --help`` imports this
-    module too.
-    """
-    from shared.errors import ModelLoadError
-    from workers.inference.face_pack import FacePack
-    from workers.inference.liveness import LivenessScorer
-
-    settings = get_settings()
-    folder = model_dir or settings.liveness_model_dir
-    if folder is None:
-        _fail("no liveness model: pass --model-dir or set FACEAUTH_LIVENESS_MODEL_DIR")
-    try:
-        scorer = LivenessScorer.load(folder)
-        # The detector's own cut is the quality gate's min_det_score: faces below it are
-        # not candidates for "the largest face".
-        pack = FacePack.load(
-            face_pack or settings.face_pack_dir,
-            det_size=settings.face_det_size,
-            providers=settings.ort_providers,
-            det_thresh=settings.min_det_score,
-        )
-    except ModelLoadError as exc:
-        _fail(f"{exc.code}: {exc.message}")
-    return scorer, pack
 
 
 def _fail(message: str) -> NoReturn:

@@ -197,7 +197,7 @@ def evaluate(
 
 
 def _load_models(model_dir: Path | None, face_pack: Path | None) -> tuple[Any, Any]:
-    from workers.cli.liveness import load_models  # that module registers this one's commands
+    from workers.cli.liveness_models import load_models
 
     return load_models(model_dir, face_pack)
 
