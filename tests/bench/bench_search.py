@@ -67,7 +67,7 @@ TEMPLATE_BASE = 1 << 100
 ENROLLMENT_BASE = 2 << 100
 # HNSW build memory per vector (the 2 KiB vector plus m=16 neighbour lists), with room
 # to spare: a graph that outgrows maintenance_work_mem builds far slower.
-BUILD_BYTES_PER_VECTOR = {"vector": 3500, "halfvec": 2500, "bit": 1200}
+BUILD_BYTES_PER_VECTOR = {"vector": 3500, "halfvec": 2500, "bit": 2000}
 COPY_CHUNK = 50_000
 SUBSPACE_NOISE = 0.3
 
